@@ -1,0 +1,98 @@
+"""gapless: zero-downtime restarts for socket servers.
+
+The listening sockets outlive every process that serves them: the next version
+starts beside the current one with the same sockets (systemd's ``LISTEN_FDS``),
+says when it is ready (``NOTIFY_SOCKET``, ``READY=1``), and only then does the
+old one stop accepting and finish what it holds, by a hard deadline.
+
+Invariants (each tested by name in tests/):
+
+1. A listening socket is never closed by the last process that holds it while an
+   upgrade is possible; unix socket paths are unlinked only at the final stop.
+2. At most one successor is starting; a second request joins the first.
+3. A process stops accepting only after its successor sent READY=1; never on a
+   timer.
+4. A failed successor (exit, timeout, bad command) changes nothing for clients:
+   the running process keeps serving and the upgrade reports why it failed.
+5. Deadlines are measured on ``time.monotonic()``; past the drain deadline the
+   process exits whatever it still holds.
+6. Nothing sleeps to synchronise: every wait is on an event (a datagram, a
+   pidfd, a pipe) with a timeout.
+
+Example, a server that upgrades itself on HUP or USR2::
+
+    with gapless.Upgrader() as upgrader:
+        sock = upgrader.listen("127.0.0.1:8000")
+        ...                       # serve sock in a thread or an event loop
+        upgrader.ready()
+        upgrader.wait_stopping()  # a successor took over, or TERM arrived
+        ...                       # stop accepting, finish requests in flight
+"""
+
+from __future__ import annotations
+
+from .addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
+from .errors import (
+    AddressInUseError,
+    AdoptError,
+    BindError,
+    GaplessError,
+    HookError,
+    InheritanceError,
+    ListenError,
+    ListenPermissionError,
+    NotifyError,
+    PidFileError,
+    SignalsError,
+    SuccessorExitedError,
+    SuccessorSpawnError,
+    SuccessorTimeoutError,
+    UnixPathTooLongError,
+    UpgradeError,
+    UpgradeRefusedError,
+)
+from .hooks import Hooks
+from .inheritance import consume_listen_fds, listen_env
+from .listeners import adopt_listener, open_listener
+from .notify import Notification, NotifyReceiver, notify, ready
+from .upgrader import DEFAULT_SIGNALS, Upgrader
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "Address",
+    "AddressInUseError",
+    "AdoptError",
+    "Bind",
+    "BindError",
+    "FdAddress",
+    "GaplessError",
+    "HookError",
+    "Hooks",
+    "InheritanceError",
+    "ListenError",
+    "ListenPermissionError",
+    "Notification",
+    "NotifyError",
+    "NotifyReceiver",
+    "PidFileError",
+    "SignalsError",
+    "SuccessorExitedError",
+    "SuccessorSpawnError",
+    "SuccessorTimeoutError",
+    "TcpAddress",
+    "UnixAddress",
+    "UnixPathTooLongError",
+    "UpgradeError",
+    "UpgradeRefusedError",
+    "Upgrader",
+    "__version__",
+    "adopt_listener",
+    "consume_listen_fds",
+    "listen_env",
+    "notify",
+    "open_listener",
+    "parse_bind",
+    "ready",
+]

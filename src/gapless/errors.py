@@ -1,0 +1,86 @@
+"""Exceptions raised by gapless.
+
+Every error a user can cause has its own type, and its message is one line that
+names the bad input and says what to do. All of them derive from
+:class:`GaplessError`, so ``except gapless.GaplessError`` catches exactly the
+errors this package raises on purpose; anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class GaplessError(Exception):
+    """Base class of every error gapless raises on purpose."""
+
+
+class BindError(GaplessError, ValueError):
+    """A bind string could not be parsed, e.g. ``invalid bind 'x:99999': ...``."""
+
+
+class ListenError(GaplessError, OSError):
+    """A listening socket could not be opened for a valid bind."""
+
+
+class AddressInUseError(ListenError):
+    """The address is already taken by another process."""
+
+
+class ListenPermissionError(ListenError):
+    """The process may not bind the address (a privileged port, a read-only dir)."""
+
+
+class UnixPathTooLongError(ListenError):
+    """A unix socket path does not fit in ``sockaddr_un`` (107 bytes)."""
+
+
+class AdoptError(GaplessError):
+    """An inherited or given fd is not a usable listening stream socket."""
+
+
+class InheritanceError(GaplessError, ValueError):
+    """The ``LISTEN_*`` environment variables are malformed."""
+
+
+class NotifyError(GaplessError):
+    """A readiness (``NOTIFY_SOCKET``) message was malformed or could not be sent."""
+
+
+class PidFileError(GaplessError, OSError):
+    """The PID file could not be written (missing directory, read-only, disk full)."""
+
+
+class SignalsError(GaplessError):
+    """Signal handlers could not be installed (not in the main thread, bad name)."""
+
+
+class UpgradeError(GaplessError):
+    """An upgrade failed; the running process keeps serving."""
+
+
+class SuccessorSpawnError(UpgradeError):
+    """The successor's command could not be started (not found, not executable)."""
+
+
+class SuccessorExitedError(UpgradeError):
+    """The successor exited or was killed by a signal before it was ready."""
+
+    def __init__(self, message: str, *, returncode: int, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class SuccessorTimeoutError(UpgradeError):
+    """The successor did not report readiness in time and was killed."""
+
+    def __init__(self, message: str, *, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
+
+
+class HookError(UpgradeError):
+    """A ``before_upgrade`` hook raised, which vetoes the upgrade."""
+
+
+class UpgradeRefusedError(UpgradeError):
+    """An upgrade was requested in a state that does not allow one (stopping)."""

@@ -1,0 +1,469 @@
+"""Starting a generation with its listening sockets, then watching it through a pidfd.
+
+The child gets the sockets as systemd hands them over (sd_listen_fds(3)): fds 3, 4, ...
+in order, ``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` set to the exec'd
+process's own PID. :class:`subprocess.Popen` cannot do that: it builds the environment
+before fork, so the child's PID is unknown, and ``pass_fds`` keeps fd numbers. So this
+module forks and execs itself, in the manner of ``_posixsubprocess``: the parent
+computes everything first (argv, env, the fd plan, the PATH candidates), the child only
+makes system calls and reports an exec failure over a close-on-exec pipe.
+
+Example::
+
+    child = spawn(["gunicorn", "app:app"], listeners=[sock], names=["web"])
+    status = child.wait(timeout=5.0)  # None while it runs
+    child.kill_group(signal.SIGKILL)
+    child.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from .errors import InheritanceError, SuccessorSpawnError
+
+__all__ = ["Child", "ExitStatus", "StderrTail", "spawn"]
+
+_LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+_FIRST_FD = 3  # SD_LISTEN_FDS_START
+_NOT_FOUND = (errno.ENOENT, errno.ENOTDIR)
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a child ended; a negative ``returncode`` is the signal that killed it."""
+
+    returncode: int
+
+    def describe(self) -> str:
+        """Return e.g. ``"exited with code 3"`` or ``"killed by signal 9 (SIGKILL)"``."""
+        if self.returncode >= 0:
+            return f"exited with code {self.returncode}"
+        number = -self.returncode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            return f"killed by signal {number}"
+        return f"killed by signal {number} ({name})"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the child needs, computed before fork so the child only makes syscalls."""
+
+    executables: list[bytes]
+    argv: list[bytes]
+    # os.execve wants a mapping, so the environment is a dict; the child sets only the
+    # LISTEN_PID entry, the one value it alone can know.
+    env: dict[bytes, bytes]
+    set_listen_pid: bool
+    sources: list[int]  # the parent's fd for child fd _FIRST_FD + i
+    handled_signals: list[int]
+    cwd: bytes | None
+    new_process_group: bool
+    max_fd: int
+
+
+class Child:
+    """A spawned generation: its pid, a pidfd to wait on, and its stderr pipe if captured."""
+
+    def __init__(self, pid: int, stderr_fd: int | None, process_group: bool) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)  # close-on-exec by the kernel's rule
+        self.stderr_fd = stderr_fd
+        self.process_group = process_group
+        self.started = time.monotonic()
+        self._status: ExitStatus | None = None
+
+    def __repr__(self) -> str:
+        return f"<Child pid={self.pid} status={self._status}>"
+
+    def fileno(self) -> int:
+        """Return the pidfd: it becomes readable when the child exits (selectors, asyncio)."""
+        return self.pidfd
+
+    def poll(self) -> ExitStatus | None:
+        """Reap the child if it has exited, without blocking.
+
+        Returns:
+            The exit status (cached, so repeated calls are safe), or None while it runs.
+        """
+        if self._status is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                # Someone else reaped it (SIGCHLD ignored): the status is lost. Popen
+                # reports 0 in this case too.
+                self._status = ExitStatus(0)
+            else:
+                if pid:
+                    self._status = ExitStatus(os.waitstatus_to_exitcode(status))
+        return self._status
+
+    def wait(self, timeout: float | None = None) -> ExitStatus | None:
+        """Wait on the pidfd for the child to exit, then reap it.
+
+        Args:
+            timeout: seconds to wait at most; None waits for ever.
+
+        Returns:
+            The exit status, or None if the child still runs after ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        while (status := self.poll()) is None:
+            if deadline is None:
+                poller.poll()
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            poller.poll(remaining * 1000)
+        return status
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the child; a no-op once it has exited.
+
+        The pidfd names this very process, so the signal cannot reach a later process
+        that reuses the pid; after reaping, the pid is never signalled at all.
+        """
+        if self._status is not None:
+            return
+        try:
+            if hasattr(signal, "pidfd_send_signal"):
+                signal.pidfd_send_signal(self.pidfd, sig)
+            else:  # pragma: no cover - Python without pidfd_send_signal
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass  # exited, not yet reaped
+
+    def kill_group(self, sig: int) -> None:
+        """Signal the child's whole process group, or only the child without one.
+
+        The group is signalled even after the leader was reaped, since its workers may
+        outlive it; the kernel keeps a pid number reserved while it names a live group.
+        """
+        if not self.process_group:
+            self.send_signal(sig)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)
+
+    def close(self) -> None:
+        """Close the pidfd and the stderr pipe. It does not reap or signal the child."""
+        _close(self.pidfd if self.pidfd >= 0 else None, self.stderr_fd)
+        self.pidfd = -1
+        self.stderr_fd = None
+
+
+class StderrTail:
+    """The last lines a child wrote, kept to explain why it failed.
+
+    Args:
+        lines: how many lines to keep.
+        max_bytes: an upper bound on the bytes kept, whatever the line count.
+    """
+
+    def __init__(self, lines: int = 20, max_bytes: int = 8192) -> None:
+        self._lines = lines
+        self._max_bytes = max_bytes
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Append what the child wrote, dropping what falls out of the window."""
+        self._buf += data
+        del self._buf[: -self._max_bytes]
+        parts = self._buf.split(b"\n")
+        keep = self._lines + (parts[-1] == b"")  # a trailing newline ends, not starts, a line
+        if len(parts) > keep:
+            self._buf = bytearray(b"\n".join(parts[-keep:]))
+
+    def text(self) -> str:
+        """Return the kept tail, decoded with replacement of invalid bytes."""
+        return self._buf.decode(errors="replace")
+
+    def pump(self, fd: int, *, forward_to: int | None = 2) -> bool:
+        """Read what ``fd`` (non-blocking) holds, forward it and keep its tail.
+
+        Args:
+            fd: the read end of the child's stderr pipe.
+            forward_to: where the bytes go on to (our stderr), or None to only keep them.
+
+        Returns:
+            False once the pipe reached EOF, True while it may still deliver.
+        """
+        for _ in range(16):  # bounded, so a chatty child cannot starve an event loop
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            if forward_to is not None:
+                _write_all(forward_to, data)
+            self.feed(data)
+        return True
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    listeners: Sequence[socket.socket] = (),
+    names: Sequence[str | None] = (),
+    env: Mapping[str, str] | None = None,
+    extra_fds: Mapping[str, int] | None = None,
+    new_process_group: bool = False,
+    capture_stderr: bool = False,
+    cwd: str | None = None,
+) -> Child:
+    """Start ``argv`` with ``listeners`` on fds 3, 4, ... as systemd passes them.
+
+    Args:
+        argv: the command; ``argv[0]`` is looked up in the child's PATH if it has no '/'.
+        listeners: sockets for the child, in order, at fds 3, 4, ...
+        names: one ``LISTEN_FDNAMES`` entry per listener (None is "unknown"), or empty.
+        env: the child's environment (default ``os.environ``); ``LISTEN_*`` is replaced.
+        extra_fds: env var name -> our fd; each fd follows the listeners and the variable
+            holds its number in the child.
+        new_process_group: put the child in a process group of its own.
+        capture_stderr: give the child a pipe as stderr; its read end is ``stderr_fd``.
+        cwd: the directory to run the child in.
+
+    Returns:
+        The running child.
+
+    Raises:
+        SuccessorSpawnError: empty argv, command not found or not executable, a bad fd.
+        InheritanceError: ``names`` does not match ``listeners`` or a name holds ':'.
+    """
+    plan = _make_plan(argv, listeners, names, env, extra_fds or {}, new_process_group, cwd)
+    err_r, err_w = os.pipe()
+    out_r, out_w = os.pipe() if capture_stderr else (None, None)
+    try:
+        pid = _fork_exec(plan, err_w, out_w)
+    except BaseException:
+        _close(err_r, out_r)
+        raise
+    finally:
+        _close(err_w, out_w)
+    if new_process_group:
+        # The child does it too, so that neither a killpg from us nor the child's exec
+        # races it; EACCES here only means the child already exec'd, after its own.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+    report = _read_to_eof(err_r)
+    if report:
+        os.waitpid(pid, 0)
+        _close(out_r)
+        raise SuccessorSpawnError(_failure_message(argv[0], cwd, report))
+    if out_r is not None:
+        os.set_blocking(out_r, False)
+    return Child(pid, out_r, new_process_group)
+
+
+def _make_plan(
+    argv: Sequence[str],
+    listeners: Sequence[socket.socket],
+    names: Sequence[str | None],
+    env: Mapping[str, str] | None,
+    extra_fds: Mapping[str, int],
+    new_process_group: bool,
+    cwd: str | None,
+) -> _Plan:
+    if not argv or not argv[0]:
+        raise SuccessorSpawnError("cannot start an empty command; give the program to run")
+    if names and len(names) != len(listeners):
+        raise InheritanceError(f"{len(names)} names for {len(listeners)} listeners; give one each")
+    if any(name and ":" in name for name in names):
+        raise InheritanceError(f"a LISTEN_FDNAMES entry may not contain ':', got {list(names)}")
+    child_env = {k: v for k, v in (os.environ if env is None else env).items()}
+    for var in _LISTEN_VARS:
+        child_env.pop(var, None)
+    sources = [_checked_fd(argv[0], f"listener #{i}", s.fileno()) for i, s in enumerate(listeners)]
+    if listeners:
+        child_env["LISTEN_FDS"] = str(len(listeners))
+        child_env["LISTEN_FDNAMES"] = ":".join(
+            n or "unknown" for n in names or [None] * len(sources)
+        )
+        child_env["LISTEN_PID"] = "0"  # placeholder; the child writes its own pid
+    for var, fd in extra_fds.items():
+        child_env[var] = str(_FIRST_FD + len(sources))
+        sources.append(_checked_fd(argv[0], var, fd))
+    _check_strings(argv, child_env)
+    return _Plan(
+        executables=[os.fsencode(p) for p in _candidates(argv[0], child_env)],
+        argv=[os.fsencode(a) for a in argv],
+        env={os.fsencode(k): os.fsencode(v) for k, v in child_env.items()},
+        set_listen_pid=bool(listeners),
+        sources=sources,
+        handled_signals=[s for s in signal.valid_signals() if callable(signal.getsignal(s))],
+        cwd=None if cwd is None else os.fsencode(cwd),
+        new_process_group=new_process_group,
+        max_fd=max([os.sysconf("SC_OPEN_MAX"), *sources]) + 1,
+    )
+
+
+def _checked_fd(command: str, what: str, fd: int) -> int:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except (OSError, ValueError, OverflowError):
+        raise SuccessorSpawnError(
+            f"cannot start {command!r}: {what} is not an open fd ({fd}); pass an open one"
+        ) from None
+    return fd
+
+
+def _check_strings(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    bad = [a for a in argv if "\0" in a] + [k for k in env if not k or "=" in k or "\0" in k]
+    bad += [k for k, v in env.items() if "\0" in v]
+    if bad:
+        raise SuccessorSpawnError(
+            f"cannot start {argv[0]!r}: invalid argument or variable {bad[0]!r}; "
+            "remove NUL bytes and '=' from names"
+        )
+
+
+def _candidates(command: str, env: Mapping[str, str]) -> list[str]:
+    """The paths ``os.execvpe`` would try, in order."""
+    if os.path.dirname(command):
+        return [command]
+    return [os.path.join(d, command) for d in os.get_exec_path(dict(env))]
+
+
+def _fork_exec(plan: _Plan, err_w: int, out_w: int | None) -> int:
+    # All signals stay blocked from fork until the child has reset our Python handlers:
+    # a signal in between would run the parent's handler in the child, and its
+    # set_wakeup_fd byte would land in the parent's wakeup pipe.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that fork() with threads may deadlock the child on a
+            # lock another thread held. Fork is deliberate: only fork can put the
+            # child's own PID in LISTEN_PID, and this child takes no Python lock; it
+            # makes system calls and execs.
+            warnings.filterwarnings(
+                "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
+            )
+            pid = os.fork()
+            if pid == 0:
+                _child(plan, err_w, out_w)
+        return pid
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _child(plan: _Plan, err_w: int, out_w: int | None) -> NoReturn:
+    """Set up the forked child and exec; on failure report ``stage:errno``, exit 127."""
+    stage = b"setup"
+    code = 0
+    try:
+        signal.set_wakeup_fd(-1)
+        # Python ignores SIGPIPE and SIGXFSZ at startup and ignored dispositions survive
+        # exec; caught ones are reset by exec, but not before it.
+        for sig in (*plan.handled_signals, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        if plan.new_process_group:
+            os.setpgid(0, 0)
+        if plan.cwd is not None:
+            stage = b"chdir"
+            os.chdir(plan.cwd)
+        stage = b"setup"
+        err_w = _place_fds(plan, err_w, out_w)
+        if plan.set_listen_pid:
+            plan.env[b"LISTEN_PID"] = b"%d" % os.getpid()
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        stage = b"exec"
+        code = _exec_first(plan)
+    except OSError as exc:
+        code = exc.errno or 0
+    except BaseException:
+        pass  # never let an exception unwind into the parent's code in this child
+    try:
+        os.write(err_w, b"%s:%d" % (stage, code))
+    finally:
+        os._exit(127)
+
+
+def _place_fds(plan: _Plan, err_w: int, out_w: int | None) -> int:
+    """Put the sources at 3, 4, ... and close every other fd above 2; return err_w's fd."""
+    # Move everything above the target range first, so no dup2 clobbers a source that
+    # happens to sit on a target number. The copies are close-on-exec.
+    floor = _FIRST_FD + len(plan.sources)
+    err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, floor)
+    if out_w is not None:
+        os.dup2(fcntl.fcntl(out_w, fcntl.F_DUPFD_CLOEXEC, floor), 2)
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in plan.sources]
+    for target, fd in enumerate(moved, _FIRST_FD):
+        os.dup2(fd, target)  # dup2 clears close-on-exec on the target
+    os.closerange(floor, err_w)
+    os.closerange(err_w + 1, plan.max_fd)
+    return err_w
+
+
+def _exec_first(plan: _Plan) -> int:
+    """Try each candidate as ``os.execvpe`` does; return the errno to report."""
+    first_other = 0
+    last = errno.ENOENT
+    for path in plan.executables:
+        try:
+            os.execve(path, plan.argv, plan.env)
+        except OSError as exc:
+            last = exc.errno or 0
+            if last not in _NOT_FOUND and not first_other:
+                first_other = last
+    return first_other or last
+
+
+def _read_to_eof(fd: int) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 256):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _failure_message(command: str, cwd: str | None, report: bytes) -> str:
+    stage, _, number = report.decode(errors="replace").partition(":")
+    code = int(number) if number.isdigit() else 0
+    name = errno.errorcode.get(code, str(code))
+    why = f"{os.strerror(code)} ({name})"
+    if stage == "chdir":
+        why = f"cannot enter directory {cwd!r}: {why}; check cwd"
+    elif stage != "exec":
+        why = f"failed before exec: {why if code else 'unexpected error'}"
+    elif code in _NOT_FOUND:
+        why = f"command not found ({name}); check the path or PATH"
+    elif code in (errno.EACCES, errno.EPERM):
+        why = f"not executable ({name}); check it is a file with execute permission"
+    elif code == errno.ENOEXEC:
+        why = f"not an executable format ({name}); add a '#!' line to the script"
+    return f"cannot start {command!r}: {why}"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass  # our own stderr is gone or full: keeping the child's tail matters more
+
+
+def _close(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
