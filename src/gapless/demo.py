@@ -77,18 +77,38 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def serve_until(servers: Sequence[DemoServer], stop: threading.Event, wakeup: int) -> None:
-    """Accept on every server until ``wakeup`` becomes readable."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(wakeup, selectors.EVENT_READ)
-        for server in servers:
-            # Non-blocking: the successor may take a connection we were told of.
-            server.socket.setblocking(False)
-            selector.register(server.socket, selectors.EVENT_READ, server)
-        while not stop.is_set():
-            for key, _ in selector.select():
-                if isinstance(key.data, DemoServer):
-                    key.data.handle_request()
+class AcceptLoop:
+    """Accepts on every server until :meth:`stop` returns; then accepts no more.
+
+    ``stop`` is synchronous, so an upgrader hook that calls it knows the old
+    process accepts nothing once the hook returns.
+    """
+
+    def __init__(self, servers: Sequence[DemoServer]) -> None:
+        self.servers = servers
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._wake_read, selectors.EVENT_READ)
+                for server in self.servers:
+                    # Non-blocking: the successor may take a connection we were told of.
+                    server.socket.setblocking(False)
+                    selector.register(server.socket, selectors.EVENT_READ, server)
+                while True:
+                    ready = selector.select()
+                    if any(key.fd == self._wake_read for key, _ in ready):
+                        return
+                    for key, _ in ready:
+                        key.data.handle_request()
+        finally:
+            self._stopped.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        os.write(self._wake_write, b"x")
+        self._stopped.wait(timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,18 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(binds: Sequence[object], *, pid_file: str | None, hammer_time: float) -> int:
     with Upgrader(pid_file=pid_file, hammer_time=hammer_time) as upgrader:
         servers = [DemoServer(upgrader.listen(bind)) for bind in binds]  # type: ignore[arg-type]
-        wake_read, wake_write = os.pipe()
-        stop = threading.Event()
-
-        def stop_accepting() -> None:
-            stop.set()
-            os.write(wake_write, b"x")
-
-        upgrader.hooks.before_shutdown.append(stop_accepting)
+        loop = AcceptLoop(servers)
+        upgrader.hooks.before_shutdown.append(loop.stop)
         addresses = ", ".join(f"http://{listener_address(s.socket)}" for s in servers)
         print(f"Serving {addresses} with pid {os.getpid()}", flush=True)
         upgrader.ready()
-        serve_until(servers, stop, wake_read)
+        loop.run()
         for server in servers:
             server.server_close()  # close the listener, then wait for requests in flight
     return 0

@@ -64,8 +64,9 @@ class SuccessorSpawnError(UpgradeError):
 class SuccessorExitedError(UpgradeError):
     """The successor exited or was killed by a signal before it was ready."""
 
-    def __init__(self, message: str, *, returncode: int, stderr_tail: str = "") -> None:
+    def __init__(self, message: str, *, pid: int, returncode: int, stderr_tail: str = "") -> None:
         super().__init__(message)
+        self.pid = pid
         self.returncode = returncode
         self.stderr_tail = stderr_tail
 
@@ -73,8 +74,9 @@ class SuccessorExitedError(UpgradeError):
 class SuccessorTimeoutError(UpgradeError):
     """The successor did not report readiness in time and was killed."""
 
-    def __init__(self, message: str, *, stderr_tail: str = "") -> None:
+    def __init__(self, message: str, *, pid: int, stderr_tail: str = "") -> None:
         super().__init__(message)
+        self.pid = pid
         self.stderr_tail = stderr_tail
 
 

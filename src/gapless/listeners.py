@@ -148,11 +148,16 @@ def listener_address(sock: socket.socket) -> TcpAddress | UnixAddress:
 
 @dataclass(frozen=True)
 class UnixPathStamp:
-    """A unix socket file as we bound it: its absolute path and its inode then."""
+    """A unix socket file as we bound it: its absolute path and identity then.
+
+    The ctime is part of the identity because a filesystem may give a freed
+    inode number to the next file created, e.g. a successor's socket.
+    """
 
     path: str
     device: int
     inode: int
+    changed_ns: int
 
 
 def stamp_unix_path(sock: socket.socket) -> UnixPathStamp | None:
@@ -176,7 +181,9 @@ def stamp_unix_path(sock: socket.socket) -> UnixPathStamp | None:
         info = os.lstat(path)
     except OSError:
         return None
-    return UnixPathStamp(path, info.st_dev, info.st_ino) if stat.S_ISSOCK(info.st_mode) else None
+    if not stat.S_ISSOCK(info.st_mode):
+        return None
+    return UnixPathStamp(path, info.st_dev, info.st_ino, info.st_ctime_ns)
 
 
 def remove_unix_path(stamp: UnixPathStamp | None) -> bool:
@@ -196,10 +203,8 @@ def remove_unix_path(stamp: UnixPathStamp | None) -> bool:
         return False
     try:
         info = os.lstat(stamp.path)
-        if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == (
-            stamp.device,
-            stamp.inode,
-        ):
+        now = UnixPathStamp(stamp.path, info.st_dev, info.st_ino, info.st_ctime_ns)
+        if stat.S_ISSOCK(info.st_mode) and now == stamp:
             os.unlink(stamp.path)
             return True
     except OSError:
@@ -254,6 +259,7 @@ def _open_unix(address: UnixAddress, backlog: int, mode: int | None) -> socket.s
         stamp = stamp_unix_path(sock)
         if mode is not None and not address.abstract:
             os.chmod(address.path, mode)
+            stamp = stamp_unix_path(sock)  # chmod changed the ctime we compare
         sock.listen(backlog)
     except OSError as exc:
         sock.close()

@@ -225,7 +225,9 @@ def _spawn(m: Lifecycle, e: Event, now: float) -> _Result:
 def _successor_ready(m: Lifecycle, e: Event, now: float) -> _Result:
     assert isinstance(e, SuccessorReady)
     m.successor = e.pid
-    return State.DRAINING, [HandOver(e.pid), BeginDrain(m._deadline(now), final=False)]
+    # Stop accepting first, then tell systemd: once it hears of the new main
+    # PID, only that process accepts.
+    return State.DRAINING, [BeginDrain(m._deadline(now), final=False), HandOver(e.pid)]
 
 
 def _successor_failed(m: Lifecycle, e: Event, now: float) -> _Result:

@@ -113,6 +113,7 @@ def _wait_ready(
                 raise SuccessorTimeoutError(
                     f"successor pid {child.pid} did not report READY=1 within {timeout:g} s; "
                     f"killed it{_last_line(tail)}",
+                    pid=child.pid,
                     stderr_tail=tail.text(),
                 )
             for key, _ in selector.select(remaining):
@@ -154,6 +155,7 @@ def _raise_exited(child: Child, tail: StderrTail) -> None:
     described = status.describe() if status else "exited"
     raise SuccessorExitedError(
         f"successor pid {child.pid} {described} before it was ready{_last_line(tail)}",
+        pid=child.pid,
         returncode=status.returncode if status else -1,
         stderr_tail=tail.text(),
     )

@@ -37,8 +37,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 
 from .addresses import Bind, parse_bind
 from .errors import BindError, NotifyError, UpgradeRefusedError
@@ -142,6 +143,7 @@ class Upgrader:
         self._finished = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._capture: SignalCapture | None = None
+        self._signal_queue: SimpleQueue[signal.Signals | None] | None = None
         self._closed = False
 
     # Listeners ---------------------------------------------------------------
@@ -255,28 +257,37 @@ class Upgrader:
     # Signals -----------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """Install the signal mapping (main thread only); :meth:`close` restores it."""
-        handlers: dict[signal.Signals, Callable[[signal.Signals], None]] = {}
-        for signum, what in self._signal_map.items():
-            handlers[signum] = (
-                self._on_upgrade_signal if what == "upgrade" else self._on_stop_signal
-            )
-        self._capture = SignalCapture(handlers)
-        self._capture.__enter__()
+        """Install the signal mapping (main thread only); :meth:`close` restores it.
+
+        The handlers only enqueue the signal: the work (logging, locks, starting
+        the successor) runs on a dispatcher thread, because a handler that took a
+        lock the interrupted main thread holds would deadlock.
+        """
+        queue: SimpleQueue[signal.Signals | None] = SimpleQueue()
+        capture = SignalCapture({signum: queue.put for signum in self._signal_map})
+        capture.__enter__()
+        self._capture = capture
+        self._signal_queue = queue
+        threading.Thread(
+            target=self._dispatch_signals, args=(queue,), name="gapless-signals", daemon=True
+        ).start()
 
     def restore_signal_handlers(self) -> None:
         if self._capture is not None:
             self._capture.__exit__(None, None, None)
             self._capture = None
+        if self._signal_queue is not None:
+            self._signal_queue.put(None)
+            self._signal_queue = None
 
-    def _on_upgrade_signal(self, signum: signal.Signals) -> None:
-        log.info("%s: upgrading", signum.name)
-        future = self._request_upgrade()
-        future.add_done_callback(_log_outcome)
-
-    def _on_stop_signal(self, signum: signal.Signals) -> None:
-        log.info("%s: stopping", signum.name)
-        self.stop()
+    def _dispatch_signals(self, queue: SimpleQueue[signal.Signals | None]) -> None:
+        while (signum := queue.get()) is not None:
+            if self._signal_map[signum] == "upgrade":
+                log.info("%s: upgrading", signum.name)
+                self._request_upgrade().add_done_callback(_log_outcome)
+            else:
+                log.info("%s: stopping", signum.name)
+                self.stop()
 
     # Driver ------------------------------------------------------------------
 
@@ -326,6 +337,8 @@ class Upgrader:
             log.info("closing inherited %s: no longer requested", _describe(sock))
             sock.close()
         self._inherited.clear()
+        if self.pid_file is not None:
+            write_pid_file(self.pid_file)  # before READY=1: whoever reads it then finds it
         try:
             notify(ready=True, environ=self._environ)
         except NotifyError as exc:
@@ -341,8 +354,6 @@ class Upgrader:
             os.dup2(self._stderr_fd, 2)
             os.close(self._stderr_fd)
             self._stderr_fd = None
-        if self.pid_file is not None:
-            write_pid_file(self.pid_file)
         self.hooks.run("on_ready")
 
     def _run_attempt(self, attempt: _Attempt) -> None:
