@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from gapless.notify import Notification, NotifyReceiver
 
@@ -106,10 +107,12 @@ class Supervised:
         self.receiver.close()
 
 
-def start(argv: list[str], env: Mapping[str, str] | None = None) -> Supervised:
+def start(
+    argv: list[str], env: Mapping[str, str] | None = None, stderr: IO[str] | None = None
+) -> Supervised:
     receiver = NotifyReceiver()
     child_env = dict(os.environ if env is None else env, NOTIFY_SOCKET=receiver.address)
-    process = subprocess.Popen(argv, env=child_env, text=True)
+    process = subprocess.Popen(argv, env=child_env, text=True, stderr=stderr)
     supervised = Supervised(process, receiver, [process.pid])
     supervised.wait_notify(lambda m: m.ready and m.pid == process.pid)
     return supervised

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import pytest
 from harness import APPS, alive, app_argv, get, start, wait_exit
 
 from gapless import (
+    HookError,
     SuccessorExitedError,
     SuccessorSpawnError,
     SuccessorTimeoutError,
@@ -53,9 +55,7 @@ def test_demo_scenario_slow_request_finishes_on_old_pid_while_new_pid_serves() -
     old = server.main_pid
     try:
         slow: list[object] = []
-        slow_thread = threading.Thread(target=lambda: slow.append(get(port, "/?duration=3s")))
-        slow_thread.start()
-        assert wait_until_busy(old), "the slow request never reached the server"
+        slow_thread = send_slow_request(old, port, "3s", slow)
         signalled = time.monotonic()
         new = server.upgrade()
         assert new != old
@@ -75,15 +75,23 @@ def test_demo_scenario_slow_request_finishes_on_old_pid_while_new_pid_serves() -
         server.stop()
 
 
-def wait_until_busy(pid: int) -> bool:
-    """True once the process has a request thread (the slow request arrived)."""
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def send_slow_request(pid: int, port: int, duration: str, into: list[object]) -> threading.Thread:
+    """Send a slow request in a thread; return once the server runs a thread for it."""
+    before = threads(pid)
+    thread = threading.Thread(
+        target=lambda: into.append(get(port, f"/?duration={duration}")), daemon=True
+    )
+    thread.start()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if len(os.listdir(f"/proc/{pid}/task")) > 1:
-            return True
-        # No event tells us a request thread started; a bounded check is the event.
+    while threads(pid) <= before:
+        # Nothing signals that a request thread started; a bounded check is the event.
+        assert time.monotonic() < deadline, "the slow request never reached the server"
         threading.Event().wait(0.01)
-    return False
+    return thread
 
 
 # upgrade() from Python, in this process --------------------------------------
@@ -179,7 +187,12 @@ def test_upgrade_succeeds_after_failures_and_concurrent_calls_join(
             upgrader.upgrade()
     finally:
         for pid in set(results):
-            os.kill(pid, signal.SIGKILL)
+            kill_child(pid)
+
+
+def kill_child(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def assert_still_listening(sock: socket.socket) -> None:
@@ -310,9 +323,7 @@ def test_hammer_time_ends_a_drain_that_takes_too_long(config: Path) -> None:
     try:
         port = listening_ports(server.main_pid)[0]
         old = server.main_pid
-        stuck = threading.Thread(target=get, args=(port, "/?duration=60s"), daemon=True)
-        stuck.start()
-        assert wait_until_busy(old)
+        send_slow_request(old, port, "60s", [])
         server.upgrade()
         ready = time.monotonic()
         assert wait_exit(old, 10)
@@ -326,8 +337,7 @@ def test_second_term_stops_at_once(config: Path) -> None:
     try:
         port = listening_ports(server.main_pid)[0]
         pid = server.main_pid
-        threading.Thread(target=get, args=(port, "/?duration=60s"), daemon=True).start()
-        assert wait_until_busy(pid)
+        send_slow_request(pid, port, "60s", [])
         os.kill(pid, signal.SIGTERM)
         assert not wait_exit(pid, 0.5), "the first TERM drains"
         os.kill(pid, signal.SIGTERM)
@@ -345,5 +355,56 @@ def test_asyncio_server_upgrades(tmp_path: Path) -> None:
             client.sendall(b"hello\n")
             assert client.makefile().readline() == f"pid {new}\n"
         assert wait_exit(old)
+    finally:
+        server.stop()
+
+
+def test_hooks_run_in_order_and_before_upgrade_can_veto(upgrader: Upgrader, config: Path) -> None:
+    calls: list[object] = []
+    upgrader.hooks.on_ready.append(lambda: calls.append("ready"))
+    upgrader.hooks.before_upgrade.append(lambda: calls.append("before_upgrade"))
+    upgrader.hooks.after_upgrade.append(lambda pid: calls.append(("after_upgrade", pid)))
+    upgrader.hooks.before_shutdown.append(lambda: calls.append("before_shutdown"))
+    upgrader.hooks.after_shutdown.append(lambda: calls.append("after_shutdown"))
+    upgrader.listen("127.0.0.1:0")
+    upgrader.ready()
+    configured(upgrader, config)
+
+    def veto() -> None:
+        raise RuntimeError("migrations pending")
+
+    upgrader.hooks.before_upgrade.append(veto)
+    with pytest.raises(HookError, match="refused: migrations pending"):
+        upgrader.upgrade()
+    assert not upgrader.stopping
+    upgrader.hooks.before_upgrade.remove(veto)
+    pid = asyncio.run(upgrader.upgrade_async())
+    try:
+        upgrader.close()
+        assert calls == [
+            "ready",
+            "before_upgrade",
+            "before_upgrade",
+            "before_shutdown",
+            ("after_upgrade", pid),
+            "after_shutdown",
+        ]
+    finally:
+        kill_child(pid)
+
+
+def test_successor_takes_over_the_original_stderr_once_ready(tmp_path: Path, config: Path) -> None:
+    log_file = tmp_path / "stderr.log"
+    with log_file.open("w") as stderr:
+        server = start(app_argv(config, {"binds": ["127.0.0.1:0"]}), stderr=stderr)
+    try:
+        old, new = server.main_pid, server.upgrade()
+        assert wait_exit(old)
+        assert os.readlink(f"/proc/{new}/fd/2") == str(log_file)
+        os.kill(new, signal.SIGTERM)
+        assert wait_exit(new)
+        text = log_file.read_text()
+        assert f"app[{new}] listening on" in text, "lines before READY are forwarded"
+        assert f"app[{new}] SIGTERM: stopping" in text, "lines after the old exit still arrive"
     finally:
         server.stop()

@@ -402,9 +402,10 @@ def _place_fds(plan: _Plan, err_w: int, out_w: int | None) -> int:
     # happens to sit on a target number. The copies are close-on-exec.
     floor = _FIRST_FD + len(plan.sources)
     err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, floor)
+    # Copy the sources before fd 2 is replaced: our own stderr may be one of them.
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in plan.sources]
     if out_w is not None:
         os.dup2(fcntl.fcntl(out_w, fcntl.F_DUPFD_CLOEXEC, floor), 2)
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in plan.sources]
     for target, fd in enumerate(moved, _FIRST_FD):
         os.dup2(fd, target)  # dup2 clears close-on-exec on the target
     os.closerange(floor, err_w)
