@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .addresses import parse_bind
+from .addresses import Bind, parse_bind
 from .errors import GaplessError
 from .listeners import listener_address
 from .upgrader import Upgrader
@@ -123,26 +123,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="repeatable; default 127.0.0.1:8000",
     )
     parser.add_argument("--pid-file", help="written once ready, naming the process to signal")
+    parser.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     parser.add_argument(
         "--hammer-time", type=float, default=30.0, help="drain deadline in seconds; -1: none"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"demo[{os.getpid()}] %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format=f"demo[{os.getpid()}] %(message)s",
+    )
     try:
         binds = [parse_bind(text) for text in args.bind or ["127.0.0.1:8000"]]
-        return run(binds, pid_file=args.pid_file, hammer_time=args.hammer_time)
+        return run(binds, pid_file=args.pid_file, hammer_time=args.hammer_time, quiet=args.quiet)
     except GaplessError as exc:
         print(f"gapless.demo: error: {exc}", file=sys.stderr)
         return 1
 
 
-def run(binds: Sequence[object], *, pid_file: str | None, hammer_time: float) -> int:
+def run(binds: Sequence[Bind], *, pid_file: str | None, hammer_time: float, quiet: bool) -> int:
     with Upgrader(pid_file=pid_file, hammer_time=hammer_time) as upgrader:
-        servers = [DemoServer(upgrader.listen(bind)) for bind in binds]  # type: ignore[arg-type]
+        servers = [DemoServer(upgrader.listen(bind)) for bind in binds]
         loop = AcceptLoop(servers)
         upgrader.hooks.before_shutdown.append(loop.stop)
         addresses = ", ".join(f"http://{listener_address(s.socket)}" for s in servers)
-        print(f"Serving {addresses} with pid {os.getpid()}", flush=True)
+        if not quiet:
+            print(f"Serving {addresses} with pid {os.getpid()}", flush=True)
         upgrader.ready()
         loop.run()
         for server in servers:

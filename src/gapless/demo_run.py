@@ -136,7 +136,7 @@ def _reload(pid: int, port: int, receiver: NotifyReceiver, report: DemoReport) -
 @contextmanager
 def _demo_server(listener: object, receiver: NotifyReceiver) -> Iterator[Child]:
     env = dict(os.environ, NOTIFY_SOCKET=receiver.address)
-    argv = [sys.executable, "-m", "gapless.demo", "--bind", "demo=127.0.0.1:0"]
+    argv = [sys.executable, "-m", "gapless.demo", "--quiet", "--bind", "demo=127.0.0.1:0"]
     child = spawn(argv, listeners=[listener], names=["demo"], env=env)  # type: ignore[list-item]
     try:
         yield child
