@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gapless.errors import SignalsError
-from gapless.signals import SignalCapture, parse_signal
+from gapless.signals import SignalCapture, SignalDispatcher, parse_signal
 
 TIMEOUT = 10.0
 USR1, USR2 = signal.SIGUSR1, signal.SIGUSR2
@@ -242,3 +242,19 @@ def test_parse_signal_returns_a_signal_or_raises_signals_error(value: str | int)
         assert "\n" not in str(exc)
     else:
         assert isinstance(result, signal.Signals)
+
+
+def test_dispatcher_runs_callbacks_off_the_main_thread() -> None:
+    ran = threading.Event()
+    threads: list[str] = []
+
+    def callback(signum: signal.Signals) -> None:
+        threads.append(threading.current_thread().name)
+        ran.set()
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with SignalDispatcher({signal.SIGUSR1: callback}):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert ran.wait(10)
+    assert threads == ["gapless-signals"]
+    assert signal.getsignal(signal.SIGUSR1) is before

@@ -38,12 +38,13 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Mapping
+from queue import SimpleQueue
 from types import FrameType, TracebackType
 from typing import Any, TypeAlias
 
 from .errors import SignalsError
 
-__all__ = ["SignalCapture", "parse_signal"]
+__all__ = ["SignalCapture", "SignalDispatcher", "parse_signal"]
 
 # What signal.getsignal returns: a callable, SIG_DFL/SIG_IGN, or None for a
 # handler installed outside Python (by C code before the interpreter started).
@@ -174,3 +175,36 @@ def _cannot_install(signum: signal.Signals, exc: BaseException) -> SignalsError:
         f"cannot capture {signum.name}: the kernel lets no process handle it ({exc}); "
         "capture another signal"
     )
+
+
+class SignalDispatcher:
+    """Runs a callback for each signal on a thread of its own.
+
+    The handlers only put the signal in a queue (``SimpleQueue.put`` is safe
+    there); the callbacks may then log, take locks and start processes, which a
+    handler interrupting the main thread must not do: the main thread may hold
+    the very lock it would wait for.
+
+    Example::
+
+        with SignalDispatcher({signal.SIGHUP: lambda s: reload_config()}):
+            serve_forever()
+    """
+
+    def __init__(self, callbacks: Mapping[signal.Signals, Callable[[signal.Signals], object]]):
+        self._callbacks = dict(callbacks)
+        self._queue: SimpleQueue[signal.Signals | None] = SimpleQueue()
+        self._capture = SignalCapture({signum: self._queue.put for signum in self._callbacks})
+
+    def __enter__(self) -> SignalDispatcher:
+        self._capture.__enter__()
+        threading.Thread(target=self._run, name="gapless-signals", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._capture.__exit__(None, None, None)
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (signum := self._queue.get()) is not None:
+            self._callbacks[signum](signum)

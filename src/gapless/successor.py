@@ -16,15 +16,13 @@ import time
 from collections.abc import Mapping, Sequence
 
 from .errors import NotifyError, SuccessorExitedError, SuccessorTimeoutError, UpgradeError
+from .handshake import STDERR_VAR, successor_environ
 from .notify import NotifyReceiver, in_process_tree
 from .process import Child, StderrTail, spawn
 
-__all__ = ["STDERR_VAR", "UPSTREAM_VAR", "Cancel", "start_successor"]
+__all__ = ["Cancel", "start_successor"]
 
 log = logging.getLogger("gapless")
-
-UPSTREAM_VAR = "GAPLESS_UPSTREAM_NOTIFY_SOCKET"
-STDERR_VAR = "GAPLESS_STDERR_FD"
 
 
 class Cancel:
@@ -71,9 +69,7 @@ def start_successor(
         UpgradeError: cancelled (this process is stopping); it was killed.
     """
     with NotifyReceiver() as receiver:
-        env = dict(environ)
-        env[UPSTREAM_VAR] = environ.get("NOTIFY_SOCKET", "")
-        env["NOTIFY_SOCKET"] = receiver.address
+        env = successor_environ(environ, receiver.address)
         child = spawn(
             command,
             listeners=[sock for _, sock in listeners],

@@ -2,27 +2,17 @@
 
 Example (threaded; asyncio code awaits ``upgrade_async`` and ``wait_stopping_async``)::
 
-    import gapless
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    with gapless.Upgrader() as upgrader:       # HUP/USR2 upgrade, TERM/INT stop
+    with gapless.Upgrader() as upgrader:           # HUP/USR2 upgrade, TERM/INT stop
         sock = upgrader.listen("127.0.0.1:8000")   # inherited, or opened
-        server = ThreadingHTTPServer(sock.getsockname(), SimpleHTTPRequestHandler, False)
-        server.socket = sock
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        upgrader.ready()                       # the predecessor may stop now
-        upgrader.wait_stopping()               # a successor is ready, or TERM came
-        server.shutdown()
-        server.server_close()                  # stop accepting, finish what is held
+        ...                                        # serve sock
+        upgrader.ready()                           # the predecessor may stop now
+        upgrader.wait_stopping()                   # a successor is ready, or TERM came
+        ...                                        # stop accepting, finish what is held
 
 The successor is the same program (``sys.executable`` and ``sys.orig_argv``) or a
 configured command. It gets every listener as ``LISTEN_FDS`` and a
 ``NOTIFY_SOCKET`` of this process's own, and is expected to send ``READY=1``
-(``upgrader.ready()`` does). Two private variables complete the handshake
-between two gapless processes: ``GAPLESS_UPSTREAM_NOTIFY_SOCKET`` (systemd's own
-``NOTIFY_SOCKET``, used by the successor once it is ready) and
-``GAPLESS_STDERR_FD`` (this process's stderr, which the successor takes over once
-ready, so that nothing it writes depends on this process staying alive).
+(``upgrader.ready()`` does); see :mod:`gapless.handshake` for the rest.
 """
 
 from __future__ import annotations
@@ -39,10 +29,10 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from queue import SimpleQueue
 
 from .addresses import Bind, parse_bind
-from .errors import BindError, NotifyError, UpgradeRefusedError
+from .errors import BindError, NotifyError, SignalsError, UpgradeRefusedError
+from .handshake import Handshake
 from .hooks import Hooks
 from .inheritance import consume_listen_fds, match_binds
 from .listeners import (
@@ -74,8 +64,8 @@ from .protocol import (
     SuccessorReady,
     UpgradeRequested,
 )
-from .signals import SignalCapture, parse_signal
-from .successor import STDERR_VAR, UPSTREAM_VAR, Cancel, start_successor
+from .signals import SignalDispatcher, parse_signal
+from .successor import Cancel, start_successor
 
 __all__ = ["DEFAULT_SIGNALS", "Upgrader"]
 
@@ -135,15 +125,12 @@ class Upgrader:
         self._machine = Lifecycle(hammer_time=hammer_time)
         self._listeners: list[_Listener] = []
         self._inherited = consume_listen_fds(self._environ)
-        self._upstream = self._take_upstream()
-        self._predecessor_is_gapless = self._upstream is not None
-        self._stderr_fd = self._take_int_var(STDERR_VAR)
+        self._handshake = Handshake.take(self._environ)
         self._attempt: _Attempt | None = None
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._capture: SignalCapture | None = None
-        self._signal_queue: SimpleQueue[signal.Signals | None] | None = None
+        self._signals: SignalDispatcher | None = None
         self._closed = False
 
     # Listeners ---------------------------------------------------------------
@@ -169,7 +156,7 @@ class Upgrader:
                 _, sock = self._inherited.pop(plan.reuse[0])
                 # A path systemd bound is systemd's to remove; one a gapless
                 # predecessor bound is ours once we are the last generation.
-                stamp = stamp_unix_path(sock) if self._predecessor_is_gapless else None
+                stamp = stamp_unix_path(sock) if self._handshake.from_gapless else None
                 log.info("listening on %s (inherited)", _describe(sock))
             else:
                 sock = open_listener(parsed, backlog=backlog, mode=mode)
@@ -257,37 +244,22 @@ class Upgrader:
     # Signals -----------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """Install the signal mapping (main thread only); :meth:`close` restores it.
-
-        The handlers only enqueue the signal: the work (logging, locks, starting
-        the successor) runs on a dispatcher thread, because a handler that took a
-        lock the interrupted main thread holds would deadlock.
-        """
-        queue: SimpleQueue[signal.Signals | None] = SimpleQueue()
-        capture = SignalCapture({signum: queue.put for signum in self._signal_map})
-        capture.__enter__()
-        self._capture = capture
-        self._signal_queue = queue
-        threading.Thread(
-            target=self._dispatch_signals, args=(queue,), name="gapless-signals", daemon=True
-        ).start()
+        """Install the signal mapping (main thread only); :meth:`close` restores it."""
+        dispatcher = SignalDispatcher({signum: self._on_signal for signum in self._signal_map})
+        self._signals = dispatcher.__enter__()
 
     def restore_signal_handlers(self) -> None:
-        if self._capture is not None:
-            self._capture.__exit__(None, None, None)
-            self._capture = None
-        if self._signal_queue is not None:
-            self._signal_queue.put(None)
-            self._signal_queue = None
+        if self._signals is not None:
+            self._signals.__exit__()
+            self._signals = None
 
-    def _dispatch_signals(self, queue: SimpleQueue[signal.Signals | None]) -> None:
-        while (signum := queue.get()) is not None:
-            if self._signal_map[signum] == "upgrade":
-                log.info("%s: upgrading", signum.name)
-                self._request_upgrade().add_done_callback(_log_outcome)
-            else:
-                log.info("%s: stopping", signum.name)
-                self.stop()
+    def _on_signal(self, signum: signal.Signals) -> None:
+        if self._signal_map[signum] == "upgrade":
+            log.info("%s: upgrading", signum.name)
+            self._request_upgrade().add_done_callback(_log_outcome)
+        else:
+            log.info("%s: stopping", signum.name)
+            self.stop()
 
     # Driver ------------------------------------------------------------------
 
@@ -343,17 +315,9 @@ class Upgrader:
             notify(ready=True, environ=self._environ)
         except NotifyError as exc:
             log.warning("could not report readiness: %s", exc)
-        if self._upstream is not None:
-            # The predecessor relays MAINPID and READY upstream; from now on this
-            # process speaks to systemd (or nobody) itself.
-            self._environ.pop("NOTIFY_SOCKET", None)
-            if self._upstream:
-                self._environ["NOTIFY_SOCKET"] = self._upstream
-            self._upstream = None
-        if self._stderr_fd is not None:
-            os.dup2(self._stderr_fd, 2)
-            os.close(self._stderr_fd)
-            self._stderr_fd = None
+        # The predecessor relays MAINPID and READY to systemd; from now on this
+        # process speaks to systemd itself.
+        self._handshake.complete(self._environ)
         self.hooks.run("on_ready")
 
     def _run_attempt(self, attempt: _Attempt) -> None:
@@ -434,19 +398,14 @@ class Upgrader:
             remove_pid_file(self.pid_file)
         self.hooks.run("after_shutdown")
 
-    def _take_upstream(self) -> str | None:
-        return self._environ.pop(UPSTREAM_VAR, None)
-
-    def _take_int_var(self, name: str) -> int | None:
-        value = self._environ.pop(name, None)
-        return int(value) if value is not None and value.isdigit() else None
-
 
 def _parse_signal_map(mapping: Mapping[str, str]) -> dict[signal.Signals, str]:
     result = {}
     for name, what in mapping.items():
         if what not in ("upgrade", "stop"):
-            raise ValueError(f"invalid signal action {what!r} for {name}: use 'upgrade' or 'stop'")
+            raise SignalsError(
+                f"invalid signal action {what!r} for {name}: use 'upgrade' or 'stop'"
+            )
         result[parse_signal(name)] = what
     return result
 
