@@ -23,17 +23,12 @@ disagree with someone; a sender that repeats a key has a bug worth seeing.
 
 from __future__ import annotations
 
-import array
 import math
 import os
 import re
-import secrets
 import socket
-import struct
 import time
-import types
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from .errors import NotifyError
 
@@ -53,9 +48,6 @@ __all__ = [
 MAX_MESSAGE = 4096
 
 _KEY = re.compile(r"[A-Z][A-Z0-9_]*")
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-_SCM_MAX_FD = 253  # the kernel's limit of fds in one SCM_RIGHTS message
-_ANCILLARY_SIZE = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(_SCM_MAX_FD * 4)
 
 
 def _short(value: object) -> str:
@@ -63,7 +55,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _sockaddr(address: str, what: str) -> str:
+def notify_sockaddr(address: str, what: str) -> str:
     """The kernel's form of "/path" or "@abstract" (a leading NUL)."""
     if not address.startswith(("/", "@")):
         raise NotifyError(f"{what} {address!r} is not an absolute path or @abstract name")
@@ -215,7 +207,7 @@ def notify(
     target = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
     if not target:
         return False
-    address = _sockaddr(target, "NOTIFY_SOCKET")
+    address = notify_sockaddr(target, "NOTIFY_SOCKET")
     # A fresh socket per message, as libsystemd: no state survives a fork or an exec.
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
@@ -239,178 +231,4 @@ def ready(status: str | None = None) -> bool:
     return notify(ready=True, status=status)
 
 
-@dataclass(frozen=True)
-class Notification:
-    """One datagram received, with the sender's credentials as the kernel saw them.
-
-    ``pid`` is 0 when the sender lives in a pid namespace this process cannot see.
-    """
-
-    pid: int
-    uid: int
-    gid: int
-    fields: Mapping[str, str]
-
-    @property
-    def ready(self) -> bool:
-        return self.fields.get("READY") == "1"
-
-    @property
-    def reloading(self) -> bool:
-        return self.fields.get("RELOADING") == "1"
-
-    @property
-    def stopping(self) -> bool:
-        return self.fields.get("STOPPING") == "1"
-
-    @property
-    def status(self) -> str | None:
-        return self.fields.get("STATUS")
-
-    @property
-    def mainpid(self) -> int | None:
-        """``MAINPID`` if it is a positive decimal pid, else None."""
-        value = self.fields.get("MAINPID", "")
-        return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
-
-
-class NotifyReceiver:
-    """A ``NOTIFY_SOCKET`` for children: a non-blocking datagram socket that asks
-    the kernel for each sender's credentials.
-
-    Args:
-        address: ``/a/path`` or ``@abstract-name``; default: a fresh abstract name
-            unique to this process and instance.
-
-    Raises:
-        NotifyError: the address is malformed or cannot be bound (path taken,
-            directory missing).
-    """
-
-    def __init__(self, address: str | None = None) -> None:
-        if address is None:
-            address = f"@gapless/notify/{os.getpid()}/{secrets.token_hex(8)}"
-        sockaddr = _sockaddr(address, "notify address")
-        self.address = address
-        self._identity: tuple[int, int] | None = None
-        flags = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-        self._sock = socket.socket(socket.AF_UNIX, flags)
-        try:
-            # Before bind: a datagram queued before SO_PASSCRED would carry no credentials.
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            self._sock.bind(sockaddr)
-            if not sockaddr.startswith("\0"):
-                stat = os.lstat(address)
-                self._identity = (stat.st_dev, stat.st_ino)
-        except OSError as exc:
-            self._sock.close()
-            raise NotifyError(
-                f"cannot bind notify socket {address!r}: {exc.strerror or exc}; choose another"
-            ) from None
-
-    def fileno(self) -> int:
-        """The socket's fd, readable when a datagram is pending (for selectors, asyncio)."""
-        return self._sock.fileno()
-
-    def receive(self) -> Notification | None:
-        """Read one pending datagram.
-
-        Returns:
-            The notification, or None if no datagram is pending.
-
-        Raises:
-            NotifyError: the datagram was oversized, truncated, without credentials
-                or malformed. It is consumed all the same, so the next call reads
-                the next datagram. Any fds it carried are closed already.
-        """
-        try:
-            data, ancillary, flags, _ = self._sock.recvmsg(
-                MAX_MESSAGE, _ANCILLARY_SIZE, socket.MSG_CMSG_CLOEXEC
-            )
-        except BlockingIOError:
-            return None
-        credentials = _close_fds_find_credentials(ancillary)
-        if flags & socket.MSG_TRUNC:
-            raise NotifyError(f"notification over {MAX_MESSAGE} bytes dropped; shorten it")
-        if flags & socket.MSG_CTRUNC:
-            raise NotifyError("notification with too much ancillary data dropped")
-        if credentials is None:
-            raise NotifyError("notification without sender credentials dropped")
-        pid, uid, gid = credentials
-        fields = parse_message(data)
-        return Notification(pid, uid, gid, types.MappingProxyType(fields))
-
-    def close(self) -> None:
-        """Close the socket and remove its file, unless someone replaced it. Idempotent."""
-        if self._sock.fileno() == -1:
-            return
-        self._sock.close()
-        if self._identity is not None:
-            try:
-                stat = os.lstat(self.address)
-                if (stat.st_dev, stat.st_ino) == self._identity:
-                    os.unlink(self.address)
-            except FileNotFoundError:
-                pass
-
-    def __enter__(self) -> NotifyReceiver:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"NotifyReceiver(address={self.address!r})"
-
-
-def _close_fds_find_credentials(
-    ancillary: list[tuple[int, int, bytes]],
-) -> tuple[int, int, int] | None:
-    """Close every fd passed (sd_notify_barrier waits for that) and find the ucred."""
-    credentials = None
-    for level, kind, data in ancillary:
-        if level != socket.SOL_SOCKET:
-            continue
-        if kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-            for fd in fds:
-                os.close(fd)
-        elif kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
-            credentials = _UCRED.unpack_from(data)
-    return credentials
-
-
-def in_process_tree(pid: int, root: int) -> bool:
-    """Whether ``pid`` is ``root`` or one of its descendants, by /proc's parent links.
-
-    A process whose parent died was reparented (to init or a subreaper) and so is
-    no longer in the tree; that is the answer wanted for a sender's pid.
-
-    Args:
-        pid: the process to place, e.g. :attr:`Notification.pid`.
-        root: the supposed ancestor, e.g. a child the caller spawned and has not reaped.
-
-    Returns:
-        True if ``root`` is ``pid`` or an ancestor of it; False otherwise, and if a
-        process on the way vanished.
-    """
-    seen: set[int] = set()
-    while pid > 0 and pid not in seen:
-        if pid == root:
-            return True
-        seen.add(pid)
-        pid = _parent_pid(pid)
-    return False
-
-
-def _parent_pid(pid: int) -> int:
-    """ppid from /proc/<pid>/stat, or 0 if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    # comm (field 2) may hold spaces and ')': the fields after the last ')' are fixed.
-    fields = stat.rpartition(b")")[2].split()
-    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+from .notify_receiver import Notification, NotifyReceiver, in_process_tree  # noqa: E402

@@ -26,18 +26,16 @@ import select
 import signal
 import socket
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
 
 from .errors import InheritanceError, SuccessorSpawnError
+from .forkexec import FIRST_FD, NOT_FOUND, Plan, fork_exec
+from .stderr_tail import StderrTail
 
 __all__ = ["Child", "ExitStatus", "StderrTail", "spawn"]
 
 _LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-_FIRST_FD = 3  # SD_LISTEN_FDS_START
-_NOT_FOUND = (errno.ENOENT, errno.ENOTDIR)
 
 
 @dataclass(frozen=True)
@@ -56,23 +54,6 @@ class ExitStatus:
         except ValueError:
             return f"killed by signal {number}"
         return f"killed by signal {number} ({name})"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything the child needs, computed before fork so the child only makes syscalls."""
-
-    executables: list[bytes]
-    argv: list[bytes]
-    # os.execve wants a mapping, so the environment is a dict; the child sets only the
-    # LISTEN_PID entry, the one value it alone can know.
-    env: dict[bytes, bytes]
-    set_listen_pid: bool
-    sources: list[int]  # the parent's fd for child fd _FIRST_FD + i
-    handled_signals: list[int]
-    cwd: bytes | None
-    new_process_group: bool
-    max_fd: int
 
 
 class Child:
@@ -168,55 +149,6 @@ class Child:
         self.stderr_fd = None
 
 
-class StderrTail:
-    """The last lines a child wrote, kept to explain why it failed.
-
-    Args:
-        lines: how many lines to keep.
-        max_bytes: an upper bound on the bytes kept, whatever the line count.
-    """
-
-    def __init__(self, lines: int = 20, max_bytes: int = 8192) -> None:
-        self._lines = lines
-        self._max_bytes = max_bytes
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        """Append what the child wrote, dropping what falls out of the window."""
-        self._buf += data
-        del self._buf[: -self._max_bytes]
-        parts = self._buf.split(b"\n")
-        keep = self._lines + (parts[-1] == b"")  # a trailing newline ends, not starts, a line
-        if len(parts) > keep:
-            self._buf = bytearray(b"\n".join(parts[-keep:]))
-
-    def text(self) -> str:
-        """Return the kept tail, decoded with replacement of invalid bytes."""
-        return self._buf.decode(errors="replace")
-
-    def pump(self, fd: int, *, forward_to: int | None = 2) -> bool:
-        """Read what ``fd`` (non-blocking) holds, forward it and keep its tail.
-
-        Args:
-            fd: the read end of the child's stderr pipe.
-            forward_to: where the bytes go on to (our stderr), or None to only keep them.
-
-        Returns:
-            False once the pipe reached EOF, True while it may still deliver.
-        """
-        for _ in range(16):  # bounded, so a chatty child cannot starve an event loop
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return True
-            if not data:
-                return False
-            if forward_to is not None:
-                _write_all(forward_to, data)
-            self.feed(data)
-        return True
-
-
 def spawn(
     argv: Sequence[str],
     *,
@@ -252,7 +184,7 @@ def spawn(
     err_r, err_w = os.pipe()
     out_r, out_w = os.pipe() if capture_stderr else (None, None)
     try:
-        pid = _fork_exec(plan, err_w, out_w)
+        pid = fork_exec(plan, err_w, out_w)
     except BaseException:
         _close(err_r, out_r)
         raise
@@ -281,7 +213,7 @@ def _make_plan(
     extra_fds: Mapping[str, int],
     new_process_group: bool,
     cwd: str | None,
-) -> _Plan:
+) -> Plan:
     if not argv or not argv[0]:
         raise SuccessorSpawnError("cannot start an empty command; give the program to run")
     if names and len(names) != len(listeners):
@@ -299,10 +231,10 @@ def _make_plan(
         )
         child_env["LISTEN_PID"] = "0"  # placeholder; the child writes its own pid
     for var, fd in extra_fds.items():
-        child_env[var] = str(_FIRST_FD + len(sources))
+        child_env[var] = str(FIRST_FD + len(sources))
         sources.append(_checked_fd(argv[0], var, fd))
     _check_strings(argv, child_env)
-    return _Plan(
+    return Plan(
         executables=[os.fsencode(p) for p in _candidates(argv[0], child_env)],
         argv=[os.fsencode(a) for a in argv],
         env={os.fsencode(k): os.fsencode(v) for k, v in child_env.items()},
@@ -342,91 +274,6 @@ def _candidates(command: str, env: Mapping[str, str]) -> list[str]:
     return [os.path.join(d, command) for d in os.get_exec_path(dict(env))]
 
 
-def _fork_exec(plan: _Plan, err_w: int, out_w: int | None) -> int:
-    # All signals stay blocked from fork until the child has reset our Python handlers:
-    # a signal in between would run the parent's handler in the child, and its
-    # set_wakeup_fd byte would land in the parent's wakeup pipe.
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    try:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns that fork() with threads may deadlock the child on a
-            # lock another thread held. Fork is deliberate: only fork can put the
-            # child's own PID in LISTEN_PID, and this child takes no Python lock; it
-            # makes system calls and execs.
-            warnings.filterwarnings(
-                "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
-            )
-            pid = os.fork()
-            if pid == 0:
-                _child(plan, err_w, out_w)
-        return pid
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-
-def _child(plan: _Plan, err_w: int, out_w: int | None) -> NoReturn:
-    """Set up the forked child and exec; on failure report ``stage:errno``, exit 127."""
-    stage = b"setup"
-    code = 0
-    try:
-        signal.set_wakeup_fd(-1)
-        # Python ignores SIGPIPE and SIGXFSZ at startup and ignored dispositions survive
-        # exec; caught ones are reset by exec, but not before it.
-        for sig in (*plan.handled_signals, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        if plan.new_process_group:
-            os.setpgid(0, 0)
-        if plan.cwd is not None:
-            stage = b"chdir"
-            os.chdir(plan.cwd)
-        stage = b"setup"
-        err_w = _place_fds(plan, err_w, out_w)
-        if plan.set_listen_pid:
-            plan.env[b"LISTEN_PID"] = b"%d" % os.getpid()
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        stage = b"exec"
-        code = _exec_first(plan)
-    except OSError as exc:
-        code = exc.errno or 0
-    except BaseException:
-        pass  # never let an exception unwind into the parent's code in this child
-    try:
-        os.write(err_w, b"%s:%d" % (stage, code))
-    finally:
-        os._exit(127)
-
-
-def _place_fds(plan: _Plan, err_w: int, out_w: int | None) -> int:
-    """Put the sources at 3, 4, ... and close every other fd above 2; return err_w's fd."""
-    # Move everything above the target range first, so no dup2 clobbers a source that
-    # happens to sit on a target number. The copies are close-on-exec.
-    floor = _FIRST_FD + len(plan.sources)
-    err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, floor)
-    # Copy the sources before fd 2 is replaced: our own stderr may be one of them.
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in plan.sources]
-    if out_w is not None:
-        os.dup2(fcntl.fcntl(out_w, fcntl.F_DUPFD_CLOEXEC, floor), 2)
-    for target, fd in enumerate(moved, _FIRST_FD):
-        os.dup2(fd, target)  # dup2 clears close-on-exec on the target
-    os.closerange(floor, err_w)
-    os.closerange(err_w + 1, plan.max_fd)
-    return err_w
-
-
-def _exec_first(plan: _Plan) -> int:
-    """Try each candidate as ``os.execvpe`` does; return the errno to report."""
-    first_other = 0
-    last = errno.ENOENT
-    for path in plan.executables:
-        try:
-            os.execve(path, plan.argv, plan.env)
-        except OSError as exc:
-            last = exc.errno or 0
-            if last not in _NOT_FOUND and not first_other:
-                first_other = last
-    return first_other or last
-
-
 def _read_to_eof(fd: int) -> bytes:
     chunks = []
     try:
@@ -446,22 +293,13 @@ def _failure_message(command: str, cwd: str | None, report: bytes) -> str:
         why = f"cannot enter directory {cwd!r}: {why}; check cwd"
     elif stage != "exec":
         why = f"failed before exec: {why if code else 'unexpected error'}"
-    elif code in _NOT_FOUND:
+    elif code in NOT_FOUND:
         why = f"command not found ({name}); check the path or PATH"
     elif code in (errno.EACCES, errno.EPERM):
         why = f"not executable ({name}); check it is a file with execute permission"
     elif code == errno.ENOEXEC:
         why = f"not an executable format ({name}); add a '#!' line to the script"
     return f"cannot start {command!r}: {why}"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        pass  # our own stderr is gone or full: keeping the child's tail matters more
 
 
 def _close(*fds: int | None) -> None:
