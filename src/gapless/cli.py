@@ -1,23 +1,75 @@
-"""The ``gapless`` command line. The only module that exits the process."""
+"""The ``gapless`` command line. The only module that exits the process.
+
+::
+
+    gapless run [--bind [NAME=]ADDRESS]... [--control PATH] [--pid-file PATH]
+                [--ready auto|notify|accept|delay:SECONDS] [--ready-timeout SECONDS]
+                [--drain-timeout SECONDS] [--stop-signal SIGNAL] [--log-format text|json]
+                -- COMMAND [ARG]...
+    gapless reload [--control PATH]
+    gapless status [--control PATH] [--json]
+    gapless stop   [--control PATH]
+    gapless upgrade [--control PATH] [--python PATH]
+    gapless demo   [--reloads N] [--interval SECONDS] [--clients N]
+
+Exit codes: 0 done; 1 failed (a reload that failed, no manager, a socket that
+could not be opened); 2 misuse of the command line, with a one-line message.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from . import __version__
+from .addresses import Bind, parse_bind
 from .errors import GaplessError
+from .eventlog import LOG_FORMATS
 
 EXIT_USAGE = 2
 
+_RUN_HELP = """\
+Run COMMAND as generations on sockets the manager keeps: each generation gets them
+as LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID (fd 3 onward, in --bind order) and a
+NOTIFY_SOCKET. `gapless reload` or SIGHUP starts the next generation; once it is
+ready the previous one gets --stop-signal and drains. SIGTERM, SIGINT or
+`gapless stop` drain everything and exit 0; a second TERM or INT hurries.
+
+The control socket defaults to $XDG_RUNTIME_DIR/gapless/ (root: /run/gapless/,
+others: /tmp/gapless-UID/), named after the working directory, so reload, status
+and stop run in the same directory find this manager without --control."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not the usage block: ``gapless run: error: ...; see --help``."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gapless", description="Zero-downtime restarts for socket servers."
-    )
+    parser = _Parser(prog="gapless", description="Zero-downtime restarts for socket servers.")
     parser.add_argument("--version", action="version", version=f"gapless {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run(commands)
+    for name, what in (
+        ("reload", "start a new generation and wait until it serves or failed"),
+        ("status", "show the generations, the listeners and the last reload"),
+        ("stop", "drain every generation, then stop the manager"),
+        ("upgrade", "exec a new gapless in the manager, keeping its pid, sockets and children"),
+    ):
+        sub = commands.add_parser(name, help=what, description=what)
+        sub.add_argument("--control", metavar="PATH", help="the manager's control socket")
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print JSON, for scripts")
+        if name == "upgrade":
+            sub.add_argument(
+                "--python", metavar="PATH", help="the interpreter to exec (default: the same)"
+            )
     demo = commands.add_parser(
         "demo", help="run the demo server under load and upgrade it again and again"
     )
@@ -27,9 +79,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run a server as generations on sockets gapless keeps",
+        description=_RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--bind", action="append", default=[], type=_bind, metavar="[NAME=]ADDRESS",
+        help="a socket to listen on (HOST:PORT, [V6]:PORT, unix:PATH, fd://N); repeatable",
+    )  # fmt: skip
+    run.add_argument("--control", metavar="PATH", help="the control socket (default: see above)")
+    run.add_argument("--pid-file", metavar="PATH", help="write the manager's (stable) PID here")
+    run.add_argument(
+        "--ready", default="auto", type=_ready, metavar="auto|notify|accept|delay:SECONDS",
+        help="how a generation shows it is ready: READY=1 on NOTIFY_SOCKET (notify), "
+        "accepting on its sockets (accept), whichever comes first (auto, the default), "
+        "or a fixed delay (a weak fallback)",
+    )  # fmt: skip
+    run.add_argument(
+        "--ready-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+        help="kill a generation not ready by then (default 60)",
+    )  # fmt: skip
+    run.add_argument(
+        "--drain-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+        help="SIGKILL a draining generation's process group after this (default 30)",
+    )  # fmt: skip
+    run.add_argument(
+        "--stop-signal", type=_signal, default=signal.SIGTERM, metavar="SIGNAL",
+        help="what tells a generation to drain (default TERM)",
+    )  # fmt: skip
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="default text")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG]...")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.command == "run":
+            return _run(parser, args)
+        if args.command in ("reload", "status", "stop", "upgrade"):
+            return _control(args)
         if args.command == "demo":
             from .demo_run import run_demo
 
@@ -41,6 +133,137 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .manager import Manager, ManagerConfig
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        _usage("gapless run", "missing COMMAND: gapless run [OPTIONS] -- COMMAND [ARG]...")
+    config = ManagerConfig(
+        command=command,
+        binds=args.bind,
+        control_path=args.control,
+        pid_file=args.pid_file,
+        ready=args.ready,
+        ready_timeout=args.ready_timeout,
+        drain_timeout=args.drain_timeout,
+        stop_signal=args.stop_signal,
+        log_format=args.log_format,
+    )
+    return Manager(config).run()
+
+
+def _control(args: argparse.Namespace) -> int:
+    from .control import call, default_control_path
+
+    path = args.control or default_control_path()
+    fields = {"python": args.python} if args.command == "upgrade" and args.python else {}
+    show = None if args.command == "status" else _print_progress
+    answer = call(path, args.command, on_progress=show, **fields)
+    if not answer.get("ok"):
+        print(f"gapless {args.command}: {answer.get('error')}", file=sys.stderr)
+        for line in answer.get("stderr") or []:
+            print(f"  | {line}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(json.dumps(answer, indent=2) if args.json else format_status(answer))
+    elif args.command == "reload":
+        print(f"reload done: {answer.get('message')}")
+    elif args.command == "upgrade":
+        print(answer.get("message"), flush=True)
+        # The control socket survives the exec: this waits until the new code serves.
+        manager = call(path, "status")["manager"]
+        print(f"upgraded: pid {manager['pid']} runs gapless {manager['version']} now")
+    else:
+        print("stopped")
+    return 0
+
+
+def _print_progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def format_status(answer: dict[str, Any]) -> str:
+    """The text of ``gapless status`` from the manager's JSON answer."""
+    manager = answer["manager"]
+    lines = [
+        f"manager pid {manager['pid']}, {manager['state']} for {_age(manager['uptime'])}, "
+        f"ready mode {manager['ready']}, control {manager['control']}",
+        "listeners:",
+    ]
+    lines += [f"  {item['name'] or '-':<12} {item['address']}" for item in answer["listeners"]]
+    lines.append("generations:")
+    row = "  {:<5} {:<9} {:<8} {:<10} {:<10} {:<14} {}"
+    lines.append(row.format("GEN", "STATE", "PID", "AGE", "READY IN", "DRAIN DEADLINE", "PIDS"))
+    for gen in answer["generations"]:
+        latency = gen["ready_latency"]
+        deadline = gen["drain_deadline"]
+        lines.append(
+            row.format(
+                gen["generation"],
+                gen["state"],
+                gen["pid"] or "-",
+                _age(gen["age"]),
+                "-" if latency is None else f"{latency * 1000:.0f} ms",
+                "-" if deadline is None else f"in {_age(deadline)}",
+                " ".join(str(pid) for pid in gen["pids"]) or "-",
+            )
+        )
+    last = answer["last_reload"]
+    if last is not None:
+        outcome = "ok" if last["ok"] else "FAILED"
+        lines.append(f"last reload: {outcome}, {last['reason']} ({_age(last['ago'])} ago)")
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _usage(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: error: {message}; see {prog} --help", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _bind(text: str) -> Bind:
+    try:
+        return parse_bind(text)
+    except GaplessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ready(text: str) -> object:
+    from .manager import ReadyMode
+
+    try:
+        return ReadyMode.parse(text)
+    except GaplessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _signal(text: str) -> signal.Signals:
+    from .signals import parse_signal
+
+    try:
+        return parse_signal(text)
+    except GaplessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:

@@ -86,3 +86,23 @@ class HookError(UpgradeError):
 
 class UpgradeRefusedError(UpgradeError):
     """An upgrade was requested in a state that does not allow one (stopping)."""
+
+
+class ConfigError(GaplessError, ValueError):
+    """A ``gapless run`` setting is invalid, e.g. ``--ready delay:x``."""
+
+
+class ControlError(GaplessError):
+    """The control socket could not be opened, reached or understood."""
+
+
+class NoManagerError(ControlError):
+    """No manager listens on the control socket (missing file, nobody accepting)."""
+
+
+class ServeError(GaplessError):
+    """``gapless serve`` cannot load or run the application, e.g. a bad ``MODULE:APP``."""
+
+
+class BenchError(GaplessError):
+    """``gapless bench`` could not run: a bad option, a server that never served."""

@@ -96,6 +96,24 @@ class NotifyReceiver:
                 f"cannot bind notify socket {address!r}: {exc.strerror or exc}; choose another"
             ) from None
 
+    @classmethod
+    def adopt(cls, fd: int, address: str) -> NotifyReceiver:
+        """Wrap the receiver socket a process kept across its own exec.
+
+        Args:
+            fd: the socket, still bound to ``address`` with SO_PASSCRED set.
+            address: as it was given to the children in ``NOTIFY_SOCKET``.
+
+        Returns:
+            The receiver; it does not unlink a path address on close.
+        """
+        receiver = cls.__new__(cls)
+        receiver.address = address
+        receiver._identity = None
+        receiver._sock = socket.socket(fileno=fd)
+        os.set_inheritable(fd, False)
+        return receiver
+
     def fileno(self) -> int:
         """The socket's fd, readable when a datagram is pending (for selectors, asyncio)."""
         return self._sock.fileno()

@@ -1,0 +1,17 @@
+"""A server that reports ready and says on stderr which signals it received."""
+
+import signal
+import sys
+
+from gapless.notify import ready
+
+
+def say(signum: int, frame: object) -> None:
+    print(f"got {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+
+
+signal.signal(signal.SIGUSR1, say)
+signal.signal(signal.SIGUSR2, say)
+ready()
+while True:
+    signal.pause()

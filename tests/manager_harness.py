@@ -1,0 +1,205 @@
+"""Helpers for tests of ``gapless run``: a manager in a subprocess whose stderr is
+read line by line (each wait is on a line, with a timeout), a control client, and
+a prober thread that counts failed requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import get
+
+from gapless.control import call
+
+APPS = Path(__file__).parent / "apps"
+TIMEOUT = 15.0
+PYTHON = sys.executable
+DEMO = [PYTHON, "-m", "gapless.demo", "--bind", "web=127.0.0.1:0"]
+
+
+def app(name: str, *args: str) -> list[str]:
+    return [PYTHON, str(APPS / name), *args]
+
+
+def gapless_argv(*args: str) -> list[str]:
+    return [PYTHON, "-m", "gapless.cli", *args]
+
+
+@dataclass
+class Manager:
+    """A ``gapless run`` subprocess and what it wrote on stderr so far."""
+
+    process: subprocess.Popen[str]
+    control: str
+    lines: list[str] = field(default_factory=list)
+    _queue: queue.SimpleQueue[str | None] = field(default_factory=queue.SimpleQueue)
+    _matched: set[int] = field(default_factory=set)
+
+    def start_reader(self) -> None:
+        def read() -> None:
+            assert self.process.stderr is not None
+            for line in self.process.stderr:
+                self._queue.put(line.rstrip("\n"))
+            self._queue.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def wait_line(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
+        """The first line not matched before that matches ``pattern``, read so far or
+        still to come; fails loudly on timeout or EOF."""
+        regex = re.compile(pattern)
+        start = 0
+        while True:
+            for index in range(start, len(self.lines)):
+                match = regex.search(self.lines[index])
+                if match and index not in self._matched:
+                    self._matched.add(index)
+                    return match
+            start = len(self.lines)
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                message = f"no line matching {pattern!r} in {timeout} s:\n{self.log()}"
+                raise AssertionError(message) from None
+            if line is None:
+                raise AssertionError(f"manager ended before {pattern!r}:\n{self.log()}")
+            self.lines.append(line)
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+    def call(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        return call(self.control, cmd, timeout=TIMEOUT, **fields)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    @property
+    def port(self) -> int:
+        for line in self.lines:
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                return int(match.group(1))
+        raise AssertionError("no listening line yet:\n" + self.log())
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        code = self.process.wait(timeout)
+        while True:  # collect the rest of stderr for assertions
+            line = self._queue.get(timeout=timeout)
+            if line is None:
+                return code
+            self.lines.append(line)
+
+
+@contextmanager
+def running(
+    tmp_path: Path,
+    command: Sequence[str],
+    *options: str,
+    binds: Sequence[str] = ("web=127.0.0.1:0",),
+    env: Mapping[str, str] | None = None,
+    ready_line: str | None = r"generation 1 ready after",
+) -> Iterator[Manager]:
+    """Start ``gapless run``; wait until generation 1 is ready; stop it at the end."""
+    control = str(tmp_path / "control.sock")
+    argv = gapless_argv("run", "--control", control, *options)
+    for bind in binds:
+        argv += ["--bind", bind]
+    process = subprocess.Popen(
+        [*argv, "--", *command],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ if env is None else env),
+        cwd=tmp_path,
+    )
+    manager = Manager(process, control)
+    manager.start_reader()
+    try:
+        if ready_line is not None:
+            manager.wait_line(ready_line)
+        yield manager
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+        _kill_leftovers(manager)
+
+
+def _kill_leftovers(manager: Manager) -> None:
+    """Children of a killed manager: SIGKILL their groups so no test leaks processes."""
+    for line in manager.lines:
+        if match := re.search(r"started as pid (\d+)", line):
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(match.group(1)), signal.SIGKILL)
+
+
+def write_command(path: Path, argv: Sequence[str]) -> list[str]:
+    """Make ``path`` hold ``argv`` for apps/switch.py; return switch.py's argv."""
+    path.write_text(json.dumps(list(argv)))
+    return app("switch.py", str(path))
+
+
+class Prober(threading.Thread):
+    """GETs the server again and again, a new connection each time, counting failures."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.done = threading.Event()
+        self.answered = 0
+        self.failures: list[str] = []
+        self.pids: set[int] = set()
+        self._changed = threading.Condition()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            reply = get(self.port, timeout=TIMEOUT)
+            with self._changed:
+                if reply.status == 200:
+                    self.answered += 1
+                    if reply.pid is not None:
+                        self.pids.add(reply.pid)
+                else:
+                    self.failures.append(reply.error or f"HTTP {reply.status}")
+                self._changed.notify_all()
+
+    def wait_answer_from(self, pid: int | None = None) -> None:
+        """Wait for an answer (from ``pid`` if given), fail loudly after TIMEOUT."""
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: (pid in self.pids) if pid is not None else self.answered > 0, TIMEOUT
+            )
+        assert ok, f"no answer from {pid or 'any pid'} in {TIMEOUT} s: {self.failures[:3]}"
+
+    def wait_answers(self, count: int) -> None:
+        """Wait until ``count`` requests were answered in all."""
+        with self._changed:
+            ok = self._changed.wait_for(lambda: self.answered >= count, TIMEOUT)
+        assert ok, f"only {self.answered} answers in {TIMEOUT} s: {self.failures[:3]}"
+
+    def __enter__(self) -> Prober:
+        self.start()
+        self.wait_answer_from()
+        return self
+
+    def finish(self) -> None:
+        """Stop probing (before the server is stopped on purpose)."""
+        self.done.set()
+        self.join(TIMEOUT)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.finish()
