@@ -100,6 +100,11 @@ class NoManagerError(ControlError):
     """No manager listens on the control socket (missing file, nobody accepting)."""
 
 
+class HandoffError(GaplessError):
+    """Sockets could not be passed between two instances over a handoff socket
+    (``gapless run --handoff``): a peer of another user, a broken message, a timeout."""
+
+
 class ServeError(GaplessError):
     """``gapless serve`` cannot load or run the application, e.g. a bad ``MODULE:APP``."""
 

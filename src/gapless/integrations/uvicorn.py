@@ -1,0 +1,306 @@
+"""uvicorn, with a drain that loses nothing.
+
+uvicorn's own SIGTERM path closes every idle keep-alive connection at once and
+every connection accepted but not yet read, while their clients may be sending
+on them, and it ends the response in flight on a busy connection without
+``Connection: close``, so the client reuses a connection that is closing. Each
+of those loses a request. This module keeps uvicorn's parsers, protocols and
+lifespan handling and replaces the drain (see :mod:`gapless.integrations` for
+the contract):
+
+* :meth:`DrainingServer.shutdown` closes the listeners without dropping the
+  connections asyncio accepted but has not yet given a protocol (a plain
+  ``Server.close()`` resets those, see :func:`_stop_accepting`), lets every
+  connection run to its next response (which :class:`~.common.CloseWhenDraining`
+  marks ``Connection: close``), waits on events (no polling) until the
+  connections and requests are done, and cuts what remains at the deadline,
+  logging the count;
+* idle connections expire as in steady state, and the HTTP protocols' expiry
+  first checks the receive queue, so a request that arrived unseen is answered
+  (:mod:`.uvicorn_http`);
+* WebSocket handlers are told the drain started and get ``ws_grace`` seconds
+  to close by themselves; the rest get close code 1012;
+* signals go through the event loop: the first TERM or INT drains, the next one
+  cuts at once, and the process exits normally instead of re-raising the signal.
+
+uvicorn internals relied on, hence the pin ``uvicorn>=0.30,<0.55`` in the
+``serve`` extra (tested with 0.30.0 and 0.54.0): ``Server.run(sockets=)``,
+``startup()``, ``main_loop()``, ``on_tick()``, ``shutdown()``,
+``capture_signals()`` (0.29+), ``servers``, ``lifespan``, ``server_state`` with
+``connections`` and ``tasks`` (mutated only through ``add``/``discard``); the
+HTTP protocols' ``transport``, ``loop``, ``cycle``, ``timeout_keep_alive``,
+``timeout_keep_alive_task`` and ``timeout_keep_alive_handler()``; the
+WebSocket protocols' ``shutdown()``, which sends close code 1012.
+
+Example::
+
+    report = serve_asgi(app, sockets, ServeOptions(), on_ready=gapless.ready)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable, Generator, Sequence
+
+import uvicorn
+
+from .common import (
+    ASGIApp,
+    CloseWhenDraining,
+    DrainFlag,
+    DrainReport,
+    ServeOptions,
+    listen_backlog,
+)
+from .uvicorn_http import DrainingHttp, DrainState, http_protocol
+
+__all__ = ["DrainingServer", "serve_asgi"]
+
+logger = logging.getLogger("gapless.serve")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_DATE_REFRESH = 1.0  # uvicorn refreshes its Date header once a second
+_CANCEL_GRACE = 1.0  # for cancelled requests to unwind after the deadline
+_LIFESPAN_MIN = 1.0  # lifespan shutdown runs even when the drain used the deadline
+
+
+def serve_asgi(
+    app: ASGIApp,
+    sockets: Sequence[socket.socket],
+    options: ServeOptions,
+    *,
+    on_ready: Callable[[], object] | None = None,
+    on_drain: Callable[[], object] | None = None,
+) -> DrainReport:
+    """Serve ``app`` on ``sockets`` until SIGTERM or SIGINT, then drain.
+
+    Args:
+        app: an ASGI 3 application.
+        sockets: listening sockets, e.g. inherited ones; served all at once and
+            closed (never shut down) when the drain starts.
+        options: the settings.
+        on_ready: called once the lifespan startup completed and every socket is
+            being served, e.g. to send ``READY=1``.
+        on_drain: called once the listeners are closed and the drain began,
+            e.g. to send ``STOPPING=1``.
+
+    Returns:
+        How the drain ended.
+
+    Raises:
+        ServeError: an unknown or missing HTTP parser.
+        SystemExit: uvicorn's own exit with code 3 when the lifespan startup failed.
+    """
+    flag = DrainFlag()
+    config = uvicorn.Config(
+        CloseWhenDraining(app, flag),
+        interface="asgi3",
+        http=http_protocol(options.http),
+        loop="asyncio",  # the drain relies on the selector loop's accept path
+        timeout_keep_alive=options.keep_alive,  # type: ignore[arg-type]  # a float works
+        limit_concurrency=options.limit_concurrency,
+        backlog=max((listen_backlog(sock) for sock in sockets), default=2048),
+        access_log=options.access_log,
+        log_level=options.log_level,
+        ssl_certfile=options.certfile,
+        ssl_keyfile=options.keyfile,
+    )
+    server = DrainingServer(config, flag, options, on_ready=on_ready, on_drain=on_drain)
+    server.run(sockets=list(sockets))
+    return server.report or DrainReport(0.0)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with gapless's drain, readiness callback and signals.
+
+    Args:
+        config: uvicorn's configuration; its app should be wrapped in
+            :class:`~.common.CloseWhenDraining` with ``flag``.
+        flag: set when the drain starts.
+        options: ``drain_timeout`` and ``ws_grace`` are read.
+        on_ready: called once every socket is being served.
+        on_drain: called once the listeners are closed and the drain began.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        flag: DrainFlag,
+        options: ServeOptions,
+        *,
+        on_ready: Callable[[], object] | None = None,
+        on_drain: Callable[[], object] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.server_state: DrainState = DrainState(flag)
+        self.report: DrainReport | None = None
+        self._options = options
+        self._on_ready = on_ready
+        self._on_drain = on_drain
+        self._stop = asyncio.Event()
+        self._stop_requested_at: float | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            yield
+        finally:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def request_stop(self) -> None:
+        """Start the drain; called a second time, cut what remains at once."""
+        if self.should_exit:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+            self._stop_requested_at = time.monotonic()
+        self._stop.set()
+        self.server_state.changed.set()
+
+    async def main_loop(self) -> None:
+        for server in self.servers:
+            await server.start_serving()  # idempotent; returns once accepts are registered
+        if self._on_ready is not None:
+            self._on_ready()
+        while not await self.on_tick(0):  # counter 0: refresh the Date header
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), _DATE_REFRESH)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = self.server_state
+        started = self._stop_requested_at or time.monotonic()
+        deadline = started + self._options.drain_timeout
+        state.flag.start()
+        await _stop_accepting(self.servers)
+        logger.info(
+            "draining: stopped accepting; %d connections, %d requests in flight",
+            len(state.connections),
+            len(state.tasks),
+        )
+        websockets = []
+        for connection in list(state.connections):
+            if isinstance(connection, DrainingHttp):
+                connection.start_drain()
+            else:
+                websockets.append(connection)
+        if self._on_drain is not None:
+            self._on_drain()
+        if websockets:
+            await self._close_websockets(websockets, deadline)
+        await self._wait_until(self._drained, deadline)
+        self.report = await self._cut_remaining(started)
+        if not self.force_exit:
+            await self._shutdown_lifespan(deadline)
+
+    async def _close_websockets(self, websockets: Sequence[object], deadline: float) -> None:
+        """Give the application ``ws_grace`` to tell its clients, then send 1012."""
+        connections = self.server_state.connections
+        grace_end = min(deadline, time.monotonic() + self._options.ws_grace)
+        await self._wait_until(lambda: connections.isdisjoint(websockets), grace_end)
+        for websocket in websockets:
+            if websocket in connections:
+                # uvicorn's WebSocket protocols send close code 1012 (service restart).
+                shutdown: Callable[[], object] | None = getattr(websocket, "shutdown", None)
+                if shutdown is not None:
+                    shutdown()
+
+    async def _wait_until(self, done: Callable[[], bool], deadline: float) -> None:
+        """Wait for ``done()``, re-checked at each change of connections or tasks."""
+        changed = self.server_state.changed
+        while not done() and not self.force_exit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    def _drained(self) -> bool:
+        state = self.server_state
+        opened = len(state.connections)
+        return not opened and not state.tasks and not _handshaking(self.servers, opened)
+
+    async def _cut_remaining(self, started: float) -> DrainReport:
+        connections = list(self.server_state.connections)
+        handshaking = _handshaking(self.servers, len(connections))
+        tasks = [task for task in self.server_state.tasks if not task.done()]
+        for connection in connections:
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+        cut = len(connections) + handshaking  # the handshaking ones end with the process
+        report = DrainReport(time.monotonic() - started, cut, len(tasks))
+        _log_report(report, "a second signal" if self.force_exit else "the deadline")
+        return report
+
+    async def _shutdown_lifespan(self, deadline: float) -> None:
+        budget = max(deadline - time.monotonic(), _LIFESPAN_MIN)
+        try:
+            await asyncio.wait_for(self.lifespan.shutdown(), budget)
+        except asyncio.TimeoutError:
+            logger.warning("lifespan shutdown did not finish within %.1f s; going on", budget)
+
+
+def _handshaking(servers: Sequence[asyncio.base_events.Server], opened: int) -> int:
+    """Connections accepted but not yet given to their protocol (a TLS handshake).
+
+    asyncio calls ``connection_made`` on a TLS connection only once its handshake
+    completed, so until then it is missing from uvicorn's connections; asyncio's
+    server counts every transport it made, in ``_active_count`` (Python 3.10 to
+    3.13), and each opened one is in uvicorn's connections. A failed
+    handshake wakes no waiter: the drain then notices it at the next change or
+    at the deadline, which only delays the exit.
+    """
+    attached = sum(getattr(server, "_active_count", 0) for server in servers)
+    return max(attached - opened, 0)
+
+
+async def _stop_accepting(servers: Sequence[asyncio.base_events.Server]) -> None:
+    """Close the listening sockets without dropping a connection accepted from them.
+
+    asyncio accepts a batch of connections in one callback, makes each one's
+    transport in a task that runs on the next loop iteration, and calls the
+    protocol's ``connection_made`` on the iteration after. A ``Server.close()``
+    before the transport exists makes its task fail (``Server._attach`` asserts
+    the server is open) and the connection, accepted and with a request
+    waiting, is closed unanswered; one whose ``connection_made`` has not run yet
+    is missing from the connections the drain waits for. So: stop reading the
+    listeners (this also cancels an accept callback already due), let the loop
+    run twice (its ready queue is FIFO: the transports are made, then their
+    ``connection_made`` runs, before we resume), then close. ``close()``, never
+    ``shutdown()``: the next generation shares these sockets.
+    """
+    loop = asyncio.get_running_loop()
+    for server in servers:
+        for sock in server.sockets:
+            loop.remove_reader(sock.fileno())
+    for _ in range(2):
+        await asyncio.sleep(0)  # one loop iteration each, not a delay: see above
+    for server in servers:
+        server.close()
+
+
+def _log_report(report: DrainReport, cause: str) -> None:
+    if report.clean:
+        logger.info("drained in %.2f s; nothing cut", report.seconds)
+    else:
+        logger.warning(
+            "drain cut by %s after %.2f s: %d connections closed, %d requests cancelled",
+            cause,
+            report.seconds,
+            report.cut_connections,
+            report.cut_tasks,
+        )

@@ -1,0 +1,408 @@
+"""Handovers the way the manager performs them, and load that counts every failure.
+
+A :class:`Handover` holds one listening socket and a notify socket, spawns
+generations with :func:`gapless.process.spawn`, waits for each one's READY=1
+(or, for servers that speak no notify protocol, for it to accept on the socket),
+then SIGTERMs the previous one. :class:`Wrk` and :class:`Prober` load the socket
+meanwhile and report every failed request by class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import select
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import wsproto
+import wsproto.events
+import wsproto.utilities
+
+from gapless.acceptwatch import accepting, socket_inode
+from gapless.addresses import parse_bind
+from gapless.listeners import open_listener
+from gapless.notify import Notification, NotifyReceiver
+from gapless.process import Child, spawn
+
+APPS = Path(__file__).parent / "apps"
+TIMEOUT = 20.0
+
+
+def runner_argv(app: str, *options: str) -> list[str]:
+    """The gapless serve child for ``app`` (a module in tests/apps)."""
+    return [sys.executable, "-m", "gapless.serve_child", app, "--no-access-log", *options]
+
+
+class Handover:
+    """Generations of one server on one socket, started and retired as the manager does.
+
+    Args:
+        argv: each generation's command (run in tests/apps).
+        ready: ``notify`` (READY=1 on NOTIFY_SOCKET) or ``accept`` (seen in /proc).
+        env: extra environment for the generations.
+        backlog: the listening socket's accept queue length.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        ready: str = "notify",
+        env: dict[str, str] | None = None,
+        backlog: int = socket.SOMAXCONN,
+    ):
+        self.argv = list(argv)
+        self.ready = ready
+        self.sock = open_listener(parse_bind("127.0.0.1:0"), backlog=backlog)
+        self.port: int = self.sock.getsockname()[1]
+        self.receiver = NotifyReceiver()
+        self.env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": self.receiver.address}
+        self.active: Child | None = None
+        self.retired: list[Child] = []
+        self.capture_stderr = False
+        self.notes: list[Notification] = []
+
+    def start(self) -> Child:
+        """Spawn the next generation and wait until it is ready; it becomes active."""
+        child = spawn(
+            self.argv,
+            listeners=[self.sock],
+            env=self.env,
+            cwd=str(APPS),
+            new_process_group=True,
+            capture_stderr=self.capture_stderr,
+        )
+        if self.ready == "notify":
+            self._wait_notified(child)
+        else:
+            self._wait_accepting(child)
+        previous, self.active = self.active, child
+        if previous is not None:
+            previous.send_signal(signal.SIGTERM)
+            self.retired.append(previous)
+        return child
+
+    def _wait_notified(self, child: Child) -> None:
+        self.wait_note(child, "READY")
+
+    def wait_note(self, child: Child, key: str) -> None:
+        """Wait for ``KEY=1`` from ``child`` (or find it among those already received)."""
+        deadline = time.monotonic() + TIMEOUT
+        while not any(note.pid == child.pid and note.fields.get(key) == "1" for note in self.notes):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"generation {child.pid} sent no {key}=1 within {TIMEOUT} s"
+            readable, _, _ = select.select([self.receiver, child], [], [], remaining)
+            if self.receiver in readable:
+                note = self.receiver.receive()
+                self.notes += [note] if note else []
+            elif child in readable:
+                raise AssertionError(f"generation {child.pid} {_describe(child)} before {key}=1")
+
+    def _wait_accepting(self, child: Child) -> None:
+        # The manager's fallback for servers without notify: watch /proc, 20 ms apart.
+        inode = socket_inode(self.sock)
+        deadline = time.monotonic() + TIMEOUT
+        while not accepting(child.pid, {inode}):
+            if select.select([child], [], [], 0.02)[0]:
+                raise AssertionError(f"generation {child.pid} {_describe(child)} before accepting")
+            assert time.monotonic() < deadline, f"generation {child.pid} never accepted"
+
+    def handover(self, times: int) -> None:
+        for _ in range(times):
+            self.start()
+
+    def wait_retired(self, timeout: float = TIMEOUT) -> list[int]:
+        """Wait for every retired generation to exit; return their exit codes."""
+        codes = []
+        for child in self.retired:
+            status = child.wait(timeout)
+            assert status is not None, (
+                f"retired generation {child.pid} still runs after {timeout} s"
+            )
+            codes.append(status.returncode)
+        return codes
+
+    def stop(self) -> None:
+        """SIGTERM the active generation and wait for it; kill whatever is left."""
+        if self.active is not None:
+            self.active.send_signal(signal.SIGTERM)
+            self.active.wait(TIMEOUT)
+        for child in [*self.retired, *([self.active] if self.active else [])]:
+            child.kill_group(signal.SIGKILL)
+            child.wait(TIMEOUT)
+            child.close()
+        self.sock.close()
+        self.receiver.close()
+
+    def __enter__(self) -> Handover:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _describe(child: Child) -> str:
+    status = child.poll()
+    return status.describe() if status else "ended"
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    failures: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+WRK_SCRIPT = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) non2xx = 0 end
+function response(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1 end
+end
+function done(summary, latency, requests)
+  local bad = 0
+  for _, t in ipairs(threads) do bad = bad + t:get("non2xx") end
+  local e = summary.errors
+  io.write(string.format("GAPLESS requests=%d connect=%d read=%d write=%d timeout=%d non2xx=%d\\n",
+    summary.requests, e.connect, e.read, e.write, e.timeout, bad))
+end
+"""
+_WRK_LINE = re.compile(
+    r"GAPLESS requests=(\d+) connect=(\d+) read=(\d+) write=(\d+) timeout=(\d+) non2xx=(\d+)"
+)
+
+
+class Wrk:
+    """wrk in the background until :meth:`stop` (SIGINT: wrk then reports as at its end)."""
+
+    def __init__(self, port: int, script_dir: Path, *, connections: int = 16, close: bool = False):
+        wrk = shutil.which("wrk")
+        assert wrk is not None
+        script = script_dir / "report.lua"
+        script.write_text(WRK_SCRIPT)
+        argv = [wrk, "-t1", f"-c{connections}", "-d120s", "--timeout", "10s", "-s", str(script)]
+        if close:
+            argv += ["-H", "Connection: close"]
+        self.process = subprocess.Popen(
+            [*argv, f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True
+        )
+
+    def stop(self) -> LoadResult:
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=TIMEOUT)
+        match = _WRK_LINE.search(out)
+        assert match, f"no report from wrk:\n{out}"
+        requests, *counts = (int(group) for group in match.groups())
+        names = ("connect", "read", "write", "timeout", "non2xx")
+        failures = Counter(
+            {name: count for name, count in zip(names, counts, strict=True) if count}
+        )
+        return LoadResult(requests, failures, [out] if failures else [])
+
+
+class Prober:
+    """Threads sending one request after another, each failure recorded by class.
+
+    Args:
+        port: where to send.
+        tls: an SSL context to speak HTTPS with, or None for plain HTTP.
+        threads: how many threads; even ones open a connection per request,
+            odd ones keep theirs alive as long as the server allows.
+    """
+
+    def __init__(self, port: int, threads: int = 4, tls: ssl.SSLContext | None = None):
+        self.port = port
+        self.tls = tls
+        self.result = LoadResult(0)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(bool(i % 2),), daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, keep_alive: bool) -> None:
+        connection = (
+            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.tls)
+            if self.tls
+            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        )
+        while not self._stop.is_set():
+            failure = probe(connection)
+            with self._lock:
+                self.result.requests += 1
+                if failure:
+                    self.result.failures[failure.split(":")[0]] += 1
+                    self.result.examples.append(failure)
+            if failure or not keep_alive:
+                connection.close()
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(TIMEOUT)
+        return self.result
+
+
+def self_signed(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
+    """A certificate and key for 127.0.0.1 made by openssl, and a client context trusting it."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        [*request, *subject, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key, ssl.create_default_context(cafile=str(cert))
+
+
+def probe(connection: http.client.HTTPConnection, path: str = "/") -> str | None:
+    """One request; None if it got a 2xx, else its failure class (and detail)."""
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+    except ConnectionRefusedError as exc:
+        return f"refused: {exc}"
+    except http.client.RemoteDisconnected as exc:
+        return f"closed without answer: {exc}"
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        return f"reset: {exc}"
+    except TimeoutError as exc:
+        return f"timeout: {exc}"
+    except ssl.SSLError as exc:
+        return f"tls: {exc}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if response.status >= 500:
+        return f"status {response.status}"
+    if not 200 <= response.status < 300:
+        return f"non-2xx: {response.status}"
+    return None
+
+
+def send_requests(port: int, count: int, path: str) -> list[socket.socket]:
+    """Open ``count`` connections and send ``GET path`` on each (no reading yet)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        socks.append(sock)
+    return socks
+
+
+def read_until(
+    socks: Sequence[socket.socket],
+    done: Callable[[bytes], bool],
+    buffers: dict[socket.socket, bytes],
+    timeout: float = TIMEOUT,
+) -> None:
+    """Read from every socket until ``done(its bytes so far)`` or EOF, in one thread."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            if not done(buffers.setdefault(sock, b"")):
+                selector.register(sock, selectors.EVENT_READ)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, (
+                f"{len(selector.get_map())} responses incomplete after {timeout} s"
+            )
+            for key, _ in selector.select(remaining):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                data = b""
+                with contextlib.suppress(ConnectionResetError):
+                    data = sock.recv(65536)
+                buffers[sock] += data
+                if not data or done(buffers[sock]):
+                    selector.unregister(sock)
+
+
+def head_complete(data: bytes) -> bool:
+    return b"\r\n\r\n" in data
+
+
+def response_complete(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"(?i)content-length: *(\d+)", head)
+    return bool(sep and match and len(body) >= int(match.group(1)))
+
+
+@dataclass
+class WebSocketClient:
+    """One client WebSocket, driven by :func:`pump_websockets`."""
+
+    sock: socket.socket
+    conn: wsproto.WSConnection
+    texts: list[str] = field(default_factory=list)
+    close_code: int | None = None
+    ended: bool = False  # the TCP connection ended (1006 if without a close frame)
+
+
+def open_websockets(port: int, count: int) -> list[WebSocketClient]:
+    """Open ``count`` WebSockets to ``/ws`` and wait until each got its ``hello``."""
+    clients = []
+    for _ in range(count):
+        conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        sock.sendall(conn.send(wsproto.events.Request(host="test", target="/ws")))
+        clients.append(WebSocketClient(sock, conn))
+    pump_websockets(clients, lambda client: bool(client.texts))
+    return clients
+
+
+def pump_websockets(
+    clients: Sequence[WebSocketClient], done: Callable[[WebSocketClient], bool]
+) -> None:
+    """Read every client until ``done(client)`` or its connection ends."""
+    deadline = time.monotonic() + TIMEOUT
+    with selectors.DefaultSelector() as selector:
+        for client in clients:
+            if not done(client) and not client.ended:
+                selector.register(client.sock, selectors.EVENT_READ, client)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{len(selector.get_map())} WebSockets unfinished"
+            for key, _ in selector.select(remaining):
+                client = key.data
+                _receive(client)
+                if done(client) or client.ended:
+                    selector.unregister(client.sock)
+
+
+def _receive(client: WebSocketClient) -> None:
+    try:
+        data = client.sock.recv(65536)
+    except ConnectionResetError:
+        data = b""
+    client.conn.receive_data(data or None)
+    client.ended = not data
+    for event in client.conn.events():
+        if isinstance(event, wsproto.events.TextMessage):
+            client.texts.append(event.data)
+        elif isinstance(event, wsproto.events.CloseConnection):
+            client.close_code = event.code
+            with contextlib.suppress(OSError, wsproto.utilities.LocalProtocolError):
+                client.sock.sendall(client.conn.send(event.response()))
