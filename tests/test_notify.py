@@ -381,3 +381,12 @@ def check_parse_contract(data: bytes) -> None:
 @given(st.dictionaries(keys, values, min_size=1, max_size=10))
 def test_format_then_parse_round_trips(fields: dict[str, str]) -> None:
     assert parse_message(format_message(fields=fields)) == fields
+
+
+def test_non_blocking_send_drops_instead_of_stalling_when_nobody_reads() -> None:
+    with NotifyReceiver() as receiver:
+        environ = {"NOTIFY_SOCKET": receiver.address}
+        with pytest.raises(NotifyError, match="is not being read"):
+            for _ in range(10_000):  # far beyond the kernel's queue of unread datagrams
+                notify(status="still here", environ=environ, block=False)
+        assert receiver.receive() is not None

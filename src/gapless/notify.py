@@ -175,8 +175,14 @@ def notify(
     extend_timeout: float | None = None,
     fields: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    block: bool = True,
 ) -> bool:
     """Send one notification to the socket named by ``NOTIFY_SOCKET``, as sd_notify(3).
+
+    ``block=False`` is for a process that must never stall on its supervisor (a
+    manager): the kernel queues only ``net.unix.max_dgram_qlen`` datagrams (10 by
+    default) for a reader that does not read, and then the message is dropped
+    with a :class:`NotifyError` instead of waiting.
 
     Args:
         ready: send ``READY=1``: start-up (or a reload) is complete.
@@ -211,7 +217,11 @@ def notify(
     # A fresh socket per message, as libsystemd: no state survives a fork or an exec.
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message, address)
+            sock.sendto(message, 0 if block else socket.MSG_DONTWAIT, address)
+    except BlockingIOError:
+        raise NotifyError(
+            f"NOTIFY_SOCKET={target!r} is not being read (its queue is full); message dropped"
+        ) from None
     except OSError as exc:
         raise NotifyError(
             f"cannot send to NOTIFY_SOCKET={target!r}: {exc.strerror or exc}"

@@ -1,0 +1,161 @@
+"""``gapless bench``: reload a server under load and count every request it lost.
+
+::
+
+    gapless bench [--bind ADDRESS] [--reloads N] [--duration S] [--rate R]
+                  [--connections C] [--keep-alive | --close] [--strategy NAME]
+                  [--no-wrk] [--no-pin] [--output DIR] [-- COMMAND...]
+
+Exit codes: 0 nothing failed; 1 some request failed, or the bench could not run;
+2 misuse of the command line.
+
+Example::
+
+    gapless bench --strategy naive --reloads 3 --duration 5
+    gapless bench --strategy run -- uvicorn --fd 3 myapp:app
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import NoReturn
+
+from ..addresses import TcpAddress, parse_bind
+from ..errors import BenchError, GaplessError
+from .strategies import STRATEGIES
+
+__all__ = ["build_parser", "main"]
+
+EXIT_USAGE = 2
+
+_EPILOG = (
+    "strategies:\n"
+    + "\n".join(f"  {name:<19} {kind.summary}" for name, kind in STRATEGIES.items())
+    + """
+
+COMMAND defaults to each strategy's own (the demo server, or the peer server with
+gapless.bench.apps). run, library, serve and reuseport hand COMMAND its socket as
+LISTEN_FDS (fd 3, named web), e.g. -- uvicorn --fd 3 app:app; the others bind by
+themselves and need {address}, or {host} and {port}, in COMMAND."""
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gapless bench",
+        description="Reload a server again and again under load; count every failed request.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--bind", default="127.0.0.1:0", metavar="ADDRESS", help="HOST:PORT; default a free port")
+    add("--reloads", type=_count, default=5, metavar="N", help="default 5")
+    add("--duration", type=_positive, default=10.0, metavar="S", help="seconds of load, default 10")
+    add("--rate", type=_positive, default=200.0, metavar="R", help="prober requests/s, default 200")
+    add("--connections", type=_at_least_one, default=32, metavar="C", help="wrk's and the prober's")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--keep-alive", dest="keep_alive", action="store_true", default=True, help="the default"
+    )
+    mode.add_argument(
+        "--close", dest="keep_alive", action="store_false", help="one request per connection"
+    )
+    add("--strategy", default="run", choices=list(STRATEGIES), metavar="NAME", help="default run")
+    add("--no-wrk", dest="wrk", action="store_const", const=False, default=None, help="prober only")
+    add(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not split CPUs between server and load",
+    )
+    add("--output", default="gapless-bench", metavar="DIR", help="for the JSON and PNG files")
+    add("--timeout", type=_positive, default=60.0, metavar="S", help="for any one wait, default 60")
+    add("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``gapless bench``; print the report; return the exit code."""
+    from .plot import write_png
+    from .report import format_summary, summarize, write_json
+    from .runner import BenchConfig, run_bench
+
+    args = build_parser().parse_args(argv)
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    try:
+        config = BenchConfig(
+            strategy=args.strategy,
+            command=tuple(command),
+            address=_address(args.bind),
+            reloads=args.reloads,
+            duration=args.duration,
+            rate=args.rate,
+            connections=args.connections,
+            keep_alive=args.keep_alive,
+            wrk=args.wrk,
+            pin=args.pin,
+            timeout=args.timeout,
+        )
+        result = run_bench(config)
+        summary = summarize(result)
+        os.makedirs(args.output, exist_ok=True)
+        stem = os.path.join(args.output, f"{args.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
+        write_json(result, summary, stem + ".json")
+        note = write_png(result, summary, stem + ".png")
+        result.notes.append(
+            f"result {stem}.json" + (f"; {note}" if note else f", timeline {stem}.png")
+        )
+        print(format_summary(result, summary), flush=True)
+    except GaplessError as exc:
+        print(f"gapless bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0 if summary.failed == 0 else 1
+
+
+def _address(text: str) -> TcpAddress:
+    address = parse_bind(text).address
+    if not isinstance(address, TcpAddress):
+        raise BenchError(f"invalid --bind {text!r}: the bench needs HOST:PORT, e.g. 127.0.0.1:0")
+    return address
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
