@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ class Manager:
     lines: list[str] = field(default_factory=list)
     _queue: queue.SimpleQueue[str | None] = field(default_factory=queue.SimpleQueue)
     _matched: set[int] = field(default_factory=set)
+    _ended: bool = False
 
     def start_reader(self) -> None:
         def read() -> None:
@@ -73,6 +74,7 @@ class Manager:
                 message = f"no line matching {pattern!r} in {timeout} s:\n{self.log()}"
                 raise AssertionError(message) from None
             if line is None:
+                self._ended = True
                 raise AssertionError(f"manager ended before {pattern!r}:\n{self.log()}")
             self.lines.append(line)
 
@@ -97,11 +99,17 @@ class Manager:
 
     def wait(self, timeout: float = TIMEOUT) -> int:
         code = self.process.wait(timeout)
-        while True:  # collect the rest of stderr for assertions
+        self.read_to_end(timeout)  # the rest of stderr, for assertions
+        return code
+
+    def read_to_end(self, timeout: float = TIMEOUT) -> None:
+        """Collect stderr up to its end (the manager has exited or was killed)."""
+        while not self._ended:
             line = self._queue.get(timeout=timeout)
             if line is None:
-                return code
-            self.lines.append(line)
+                self._ended = True
+            else:
+                self.lines.append(line)
 
 
 @contextmanager
@@ -141,6 +149,7 @@ def running(
 
 def _kill_leftovers(manager: Manager) -> None:
     """Children of a killed manager: SIGKILL their groups so no test leaks processes."""
+    manager.read_to_end()  # the lines no test waited for name generations too
     for line in manager.lines:
         if match := re.search(r"started as pid (\d+)", line):
             with suppress(ProcessLookupError, PermissionError):
@@ -184,6 +193,12 @@ class Prober(threading.Thread):
                 lambda: (pid in self.pids) if pid is not None else self.answered > 0, TIMEOUT
             )
         assert ok, f"no answer from {pid or 'any pid'} in {TIMEOUT} s: {self.failures[:3]}"
+
+    def wait_answer_from_any(self, pids: Collection[int]) -> None:
+        """Wait for an answer from one of ``pids`` (a generation's processes)."""
+        with self._changed:
+            ok = self._changed.wait_for(lambda: not self.pids.isdisjoint(pids), TIMEOUT)
+        assert ok, f"no answer from any of {sorted(pids)} in {TIMEOUT} s: {self.failures[:3]}"
 
     def wait_answers(self, count: int) -> None:
         """Wait until ``count`` requests were answered in all."""

@@ -53,8 +53,11 @@ from .errors import (
 )
 from .hooks import Hooks
 from .inheritance import consume_listen_fds, listen_env
+from .integrations.asyncio_server import AsyncioLife, serve_asyncio
+from .integrations.common import ServeOptions
 from .listeners import adopt_listener, open_listener
 from .notify import Notification, NotifyReceiver, notify, ready
+from .serving import serve
 from .upgrader import DEFAULT_SIGNALS, Upgrader
 
 __version__ = "0.1.0"
@@ -64,6 +67,7 @@ __all__ = [
     "Address",
     "AddressInUseError",
     "AdoptError",
+    "AsyncioLife",
     "Bind",
     "BindError",
     "FdAddress",
@@ -77,6 +81,7 @@ __all__ = [
     "NotifyError",
     "NotifyReceiver",
     "PidFileError",
+    "ServeOptions",
     "SignalsError",
     "SuccessorExitedError",
     "SuccessorSpawnError",
@@ -95,4 +100,6 @@ __all__ = [
     "open_listener",
     "parse_bind",
     "ready",
+    "serve",
+    "serve_asyncio",
 ]

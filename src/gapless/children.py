@@ -78,8 +78,10 @@ class Children:
         command: Sequence[str],
         listeners: Sequence[tuple[str | None, socket.socket]],
         env: Mapping[str, str],
+        death_signal: int | None = None,
     ) -> Proc:
-        """Start generation ``number`` in a process group of its own.
+        """Start generation ``number`` in a process group of its own; its leader gets
+        ``death_signal`` if the manager dies (see :func:`gapless.process.spawn`).
 
         Raises:
             SuccessorSpawnError: the command could not be executed.
@@ -92,6 +94,7 @@ class Children:
             env=env,
             new_process_group=True,
             capture_stderr=True,
+            death_signal=death_signal,
         )
         return self._watch(Proc(number, child))
 

@@ -5,6 +5,8 @@
     gapless run [--bind [NAME=]ADDRESS]... [--control PATH] [--pid-file PATH]
                 [--ready auto|notify|accept|delay:SECONDS] [--ready-timeout SECONDS]
                 [--drain-timeout SECONDS] [--stop-signal SIGNAL] [--log-format text|json]
+                [--handoff[=PATH]] [--handoff-timeout SECONDS]
+                [--shutdown-delay SECONDS] [--health-bind ADDRESS]
                 -- COMMAND [ARG]...
     gapless reload [--control PATH]
     gapless status [--control PATH] [--json]
@@ -26,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, serve_cli
 from .addresses import Bind, parse_bind
 from .errors import GaplessError
 from .eventlog import LOG_FORMATS
@@ -56,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gapless {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(commands)
+    serve_cli.add_parser(commands)
+    commands.add_parser(
+        "bench",
+        help="measure failed requests, latency and reload time under load",
+        add_help=False,  # `gapless bench --help` is bench's own
+    )
     for name, what in (
         ("reload", "start a new generation and wait until it serves or failed"),
         ("status", "show the generations, the listeners and the last reload"),
@@ -63,18 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
         ("upgrade", "exec a new gapless in the manager, keeping its pid, sockets and children"),
     ):
         sub = commands.add_parser(name, help=what, description=what)
-        sub.add_argument("--control", metavar="PATH", help="the manager's control socket")
+        sub.add_argument(
+            "--control", type=_path, metavar="PATH", help="the manager's control socket"
+        )
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print JSON, for scripts")
         if name == "upgrade":
             sub.add_argument(
-                "--python", metavar="PATH", help="the interpreter to exec (default: the same)"
+                "--python",
+                type=_path,
+                metavar="PATH",
+                help="the interpreter to exec (default: the same)",
             )
     demo = commands.add_parser(
         "demo", help="run the demo server under load and upgrade it again and again"
     )
     demo.add_argument("--reloads", type=_positive_int, default=10, help="default 10")
-    demo.add_argument("--interval", type=float, default=0.5, help="seconds of load between reloads")
+    demo.add_argument(
+        "--interval", type=_delay, default=0.5, help="seconds of load between reloads"
+    )
     demo.add_argument("--clients", type=_positive_int, default=4, help="client threads")
     return parser
 
@@ -90,8 +105,12 @@ def _add_run(commands: Any) -> None:
         "--bind", action="append", default=[], type=_bind, metavar="[NAME=]ADDRESS",
         help="a socket to listen on (HOST:PORT, [V6]:PORT, unix:PATH, fd://N); repeatable",
     )  # fmt: skip
-    run.add_argument("--control", metavar="PATH", help="the control socket (default: see above)")
-    run.add_argument("--pid-file", metavar="PATH", help="write the manager's (stable) PID here")
+    run.add_argument(
+        "--control", type=_path, metavar="PATH", help="the control socket (default: see above)"
+    )
+    run.add_argument(
+        "--pid-file", type=_path, metavar="PATH", help="write the manager's (stable) PID here"
+    )
     run.add_argument(
         "--ready", default="auto", type=_ready, metavar="auto|notify|accept|delay:SECONDS",
         help="how a generation shows it is ready: READY=1 on NOTIFY_SOCKET (notify), "
@@ -111,15 +130,49 @@ def _add_run(commands: Any) -> None:
         help="what tells a generation to drain (default TERM)",
     )  # fmt: skip
     run.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="default text")
+    _add_restart_options(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG]...")
 
 
+def _add_restart_options(run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group(
+        "restarts by a supervisor, systemd or Kubernetes (docs/deploy.md)"
+    )
+    group.add_argument(
+        "--handoff", nargs="?", const="", metavar="PATH",
+        help="on TERM, exit at once but keep serving, detached, until the next instance "
+        "(started with the same --handoff) takes the sockets over PATH (default: beside "
+        "the control socket); gapless stop still stops",
+    )  # fmt: skip
+    group.add_argument(
+        "--handoff-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+        help="drain and exit if no instance took over by then (default 10)",
+    )  # fmt: skip
+    group.add_argument(
+        "--shutdown-delay", type=_delay, default=0.0, metavar="SECONDS",
+        help="after the first TERM or INT keep accepting this long, the health endpoint "
+        "saying draining, then drain (default 0)",
+    )  # fmt: skip
+    group.add_argument(
+        "--health-bind", type=_bind, metavar="ADDRESS",
+        help="answer HTTP GET here: 200 serving, 503 starting or draining",
+    )  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # bench parses its own options (and its -- COMMAND) from the rest.
+        from .bench.cli import main as bench_main
+
+        return bench_main(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         if args.command == "run":
             return _run(parser, args)
+        if args.command == "serve":
+            return serve_cli.run(args)
         if args.command in ("reload", "status", "stop", "upgrade"):
             return _control(args)
         if args.command == "demo":
@@ -151,8 +204,29 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         stop_signal=args.stop_signal,
         log_format=args.log_format,
+        handoff_path=_handoff_path(args),
+        handoff_timeout=args.handoff_timeout,
+        shutdown_delay=args.shutdown_delay,
+        health_bind=args.health_bind,
     )
+    if config.handoff_path is not None:
+        from .front import run_front
+
+        return run_front(config)
     return Manager(config).run()
+
+
+def _handoff_path(args: argparse.Namespace) -> str | None:
+    if args.handoff is None or args.handoff:
+        return None if args.handoff is None else str(args.handoff)
+    from .control import default_control_path
+
+    return default_handoff_path(args.control or default_control_path())
+
+
+def default_handoff_path(control_path: str) -> str:
+    """``--handoff`` without PATH: beside the control socket, e.g. ``app.handoff.sock``."""
+    return control_path.removesuffix(".sock") + ".handoff.sock"
 
 
 def _control(args: argparse.Namespace) -> int:
@@ -195,11 +269,13 @@ def format_status(answer: dict[str, Any]) -> str:
     ]
     lines += [f"  {item['name'] or '-':<12} {item['address']}" for item in answer["listeners"]]
     lines.append("generations:")
-    row = "  {:<5} {:<9} {:<8} {:<10} {:<10} {:<14} {}"
-    lines.append(row.format("GEN", "STATE", "PID", "AGE", "READY IN", "DRAIN DEADLINE", "PIDS"))
+    row = "  {:<5} {:<9} {:<8} {:<10} {:<10} {:<14} {:<6} {}"
+    header = ("GEN", "STATE", "PID", "AGE", "READY IN", "DRAIN DEADLINE", "CONNS", "PIDS")
+    lines.append(row.format(*header))
     for gen in answer["generations"]:
         latency = gen["ready_latency"]
         deadline = gen["drain_deadline"]
+        connections = gen.get("connections")  # a draining generation's, else None
         lines.append(
             row.format(
                 gen["generation"],
@@ -208,6 +284,7 @@ def format_status(answer: dict[str, Any]) -> str:
                 _age(gen["age"]),
                 "-" if latency is None else f"{latency * 1000:.0f} ms",
                 "-" if deadline is None else f"in {_age(deadline)}",
+                "-" if connections is None else connections,
                 " ".join(str(pid) for pid in gen["pids"]) or "-",
             )
         )
@@ -254,6 +331,22 @@ def _seconds(text: str) -> float:
         value = math.nan
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("empty path; give the path of a file")
+    return text
+
+
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
     return value
 
 

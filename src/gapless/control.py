@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -199,6 +200,7 @@ class ControlServer:
         self._stamp = stamp_unix_path(self._sock)
         self._sock.setblocking(False)
         self.path = path
+        self._spare = os.dup(self._sock.fileno())  # see _refuse_for_lack_of_fds
 
     @classmethod
     def adopt(cls, fd: int, path: str, stamp: UnixPathStamp | None) -> ControlServer:
@@ -209,11 +211,17 @@ class ControlServer:
         server._sock.setblocking(False)
         server._stamp = stamp
         server.path = path
+        server._spare = os.dup(fd)
         return server
 
     @property
     def stamp(self) -> UnixPathStamp | None:
         return self._stamp
+
+    def own_path(self, owned: bool) -> None:
+        """Whether :meth:`close` removes the path: not while another manager may use
+        the socket (a handoff, see gapless.handoff), again once it passed to this one."""
+        self._stamp = stamp_unix_path(self._sock) if owned else None
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -223,6 +231,11 @@ class ControlServer:
         try:
             sock, _ = self._sock.accept()
         except (BlockingIOError, ConnectionAbortedError):
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            self._refuse_for_lack_of_fds()
             return None
         sock.setblocking(False)
         pid, uid, _ = _UCRED.unpack(
@@ -239,10 +252,28 @@ class ControlServer:
             return None
         return connection
 
+    def _refuse_for_lack_of_fds(self) -> None:
+        """Out of fds, a pending client would keep the socket readable and the loop
+        spinning: free the spare fd to accept it, tell it why, and take the fd back."""
+        os.close(self._spare)
+        try:
+            with contextlib.suppress(OSError):
+                sock, _ = self._sock.accept()
+                with sock:
+                    sock.setblocking(False)
+                    message = error(
+                        "the manager is out of file descriptors; raise its RLIMIT_NOFILE "
+                        "(prlimit --nofile, LimitNOFILE=) or wait for connections to close"
+                    )
+                    sock.send(json.dumps(message).encode() + b"\n")
+        finally:
+            self._spare = os.dup(self._sock.fileno())
+
     def close(self) -> None:
         """Close the socket and remove its file if it is still ours."""
         if self._sock.fileno() != -1:
             self._sock.close()
+            os.close(self._spare)
             remove_unix_path(self._stamp)
 
 
@@ -289,7 +320,7 @@ class CommandTable:
 def _parse_request(line: bytes) -> Message:
     try:
         request = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # e.g. 60,000 nested '['
         raise ControlError(f"request {line[:60]!r} is not JSON; send one object a line") from None
     if not isinstance(request, dict):
         raise ControlError('a request must be a JSON object like {"v": 1, "cmd": "status"}')

@@ -4,15 +4,23 @@ The parent computes a :class:`Plan` first (argv, env, the fd plan, the PATH
 candidates); the forked child only makes system calls, then execs, and reports
 a failure as ``stage:errno`` on a close-on-exec pipe, in the manner of
 ``_posixsubprocess``. Used by :func:`gapless.process.spawn`.
+
+With ``Plan.death_signal`` the child asks the kernel for that signal when its
+parent dies (``PR_SET_PDEATHSIG``): a manager killed with SIGKILL then leaves
+no generation serving for ever. The setting survives exec, except of a setuid
+or setgid program, and reaches only the child itself, not its own children.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import os
 import signal
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -20,6 +28,7 @@ __all__ = ["FIRST_FD", "NOT_FOUND", "Plan", "fork_exec"]
 
 FIRST_FD = 3  # SD_LISTEN_FDS_START
 NOT_FOUND = (errno.ENOENT, errno.ENOTDIR)
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -37,12 +46,22 @@ class Plan:
     cwd: bytes | None
     new_process_group: bool
     max_fd: int
+    death_signal: int = 0  # sent to the child when its parent dies; 0: none
+    parent_pid: int = 0  # the forking process, to see whether it died before prctl
+
+
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    # Looked up in the parent: dlopen in a forked child may wait on a lock for ever.
+    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
 
 
 def fork_exec(plan: Plan, err_w: int, out_w: int | None) -> int:
     # All signals stay blocked from fork until the child has reset our Python handlers:
     # a signal in between would run the parent's handler in the child, and its
     # set_wakeup_fd byte would land in the parent's wakeup pipe.
+    prctl = _prctl() if plan.death_signal else None
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         with warnings.catch_warnings():
@@ -55,13 +74,13 @@ def fork_exec(plan: Plan, err_w: int, out_w: int | None) -> int:
             )
             pid = os.fork()
             if pid == 0:
-                _child(plan, err_w, out_w)
+                _child(plan, err_w, out_w, prctl)
         return pid
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _child(plan: Plan, err_w: int, out_w: int | None) -> NoReturn:
+def _child(plan: Plan, err_w: int, out_w: int | None, prctl: Callable[..., int] | None) -> NoReturn:
     """Set up the forked child and exec; on failure report ``stage:errno``, exit 127."""
     stage = b"setup"
     code = 0
@@ -73,6 +92,8 @@ def _child(plan: Plan, err_w: int, out_w: int | None) -> NoReturn:
             signal.signal(sig, signal.SIG_DFL)
         if plan.new_process_group:
             os.setpgid(0, 0)
+        if prctl is not None:
+            _die_with_parent(plan, prctl)
         if plan.cwd is not None:
             stage = b"chdir"
             os.chdir(plan.cwd)
@@ -91,6 +112,14 @@ def _child(plan: Plan, err_w: int, out_w: int | None) -> NoReturn:
         os.write(err_w, b"%s:%d" % (stage, code))
     finally:
         os._exit(127)
+
+
+def _die_with_parent(plan: Plan, prctl: Callable[..., int]) -> None:
+    """Ask for ``plan.death_signal`` when the parent dies; if it died before, act now.
+    The signal stays blocked, as all are here, until just before exec."""
+    asked = prctl(_PR_SET_PDEATHSIG, plan.death_signal, 0, 0, 0) == 0
+    if asked and os.getppid() != plan.parent_pid:
+        os.kill(os.getpid(), plan.death_signal)
 
 
 def _place_fds(plan: Plan, err_w: int, out_w: int | None) -> int:

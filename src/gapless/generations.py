@@ -26,7 +26,11 @@ Rules kept here, each tested by name in tests/test_generations.py:
 * any number of generations drain at once, each with its own deadline, after
   which its whole process group is killed;
 * a stop drains every generation and exits 0 once all have exited; a second
-  stop kills them at once. A first generation that fails exits 1.
+  stop kills them at once. A first generation that fails exits 1;
+* an active generation that exits on its own is replaced at once (the sockets
+  stay open, so clients wait in the backlog meanwhile); past
+  :data:`CRASH_LIMIT` replacements within :data:`CRASH_WINDOW` seconds the
+  manager gives up, drains the rest and exits 1, as systemd's start limit does.
 
 Example::
 
@@ -110,6 +114,11 @@ class Phase(enum.Enum):
 
 LIVE = (GenState.STARTING, GenState.ACTIVE, GenState.DRAINING, GenState.KILLED)
 
+#: Replacements for crashed active generations allowed within CRASH_WINDOW seconds
+#: (systemd's StartLimitBurst and StartLimitIntervalSec defaults).
+CRASH_LIMIT = 5
+CRASH_WINDOW = 10.0
+
 
 @dataclass
 class Generation:
@@ -156,6 +165,7 @@ class Generations:
     queued: tuple[int, ...] | None = None  # a follow-up reload and its requests
     last_reload: ReloadResult | None = None
     _next: int = 1
+    _crashes: list[float] = field(default_factory=list)  # when active ones died
 
     # Queries ------------------------------------------------------------------
 
@@ -352,7 +362,13 @@ def _start_exited(m: Generations, gen: Generation, e: Event, now: float) -> list
 def _active_exited(m: Generations, gen: Generation, e: Event, now: float) -> list[Action]:
     # The server died on its own. The sockets are still held, so start a
     # replacement at once; if that one fails too, _settle gives up.
+    assert isinstance(e, ChildExited)
     actions = _exited(m, gen, e, now)
+    m._crashes = [when for when in m._crashes if now - when < CRASH_WINDOW] + [now]
+    if len(m._crashes) > CRASH_LIMIT:
+        # A crash loop (e.g. a deploy that dies right after READY=1): _settle stops.
+        why = f"{len(m._crashes)} crashes within {CRASH_WINDOW:g} s; giving up"
+        return [*actions, m._fail(gen, f"{e.status.describe()} while active: {why}", now)]
     if m.phase is Phase.RUNNING and m.starting is None:
         requests, m.queued = m.queued or (), None
         actions.append(m._spawn(now, requests))

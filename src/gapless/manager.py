@@ -64,6 +64,7 @@ from .reexec import (
     stamp_from_json,
     upgrade_refusal,
 )
+from .restarts import Restarts
 from .runconfig import Listener, ManagerConfig, ReadyMode, open_listeners
 from .signals import SignalCapture
 from .statusreport import snapshot
@@ -92,6 +93,8 @@ class Manager:
         environ: the environment the children inherit (default ``os.environ``);
             ``NOTIFY_SOCKET`` and ``LISTEN_*`` in it are the manager's own.
         resume: the state of the manager this one replaces in place; see :meth:`resume`.
+        lifeline: with ``--handoff``, the pipe whose EOF says the supervised front
+            exited (see :mod:`gapless.front`).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class Manager:
         config: ManagerConfig,
         environ: Mapping[str, str] | None = None,
         resume: Mapping[str, Any] | None = None,
+        lifeline: int | None = None,
     ) -> None:
         self.config = config
         self._resume = resume
@@ -107,6 +111,9 @@ class Manager:
         self._upstream = Upstream(self._environ.pop("NOTIFY_SOCKET", ""), self._log)
         self._control_path = config.control_path or default_control_path()
         self._selector = selectors.DefaultSelector()
+        self._restarts = Restarts(
+            config, self._environ, self._log, self._selector, self._upstream, lifeline
+        )
         self._signals: SimpleQueue[signal.Signals] = SimpleQueue()
         self._listeners: list[Listener] = []
         self._requests = 0
@@ -153,11 +160,13 @@ class Manager:
             if self._resume is not None:
                 self._log.event("resumed", f"resumed in place as pid {os.getpid()} ({__version__})")
             while supervisor.exit_code is None:
-                wake_at = supervisor.wake_at()
+                times = (supervisor.wake_at(), self._restarts.wake_at())
+                wake_at = min((when for when in times if when is not None), default=None)
                 timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
                 for key, _ in self._selector.select(timeout):
                     key.data()
                 supervisor.tick(time.monotonic())
+                self._restarts.tick(time.monotonic())
         # Answered only now, once the sockets, socket paths and PID file are gone,
         # so that `gapless stop && gapless run ...` finds everything free.
         self._log.event("stopped", f"stopped with exit code {supervisor.exit_code}")
@@ -175,28 +184,32 @@ class Manager:
             self._log.event("warning", "cannot become a child subreaper; orphans go to init")
         stack.callback(self._close_listeners)
         receiver = self._open_sockets(stack)
-        self._supervisor.start(self._listeners, receiver, boot=self._resume is None)
-        if self._resume is not None:
-            supervisor = self._supervisor
-            adopt_generations(self._resume, supervisor.children, supervisor.machine, self._upstream)
+        # Signals are caught (queued for the loop) before the PID file names us, and
+        # the PID file is written before generation 1: a failure then starts nothing.
         self._catch_signals(stack)
         if self.config.pid_file is not None:
             write_pid_file(self.config.pid_file)
             stack.callback(remove_pid_file, self.config.pid_file)
+        self._supervisor.start(self._listeners, receiver, boot=self._resume is None)
+        if self._resume is not None:
+            supervisor = self._supervisor
+            adopt_generations(self._resume, supervisor.children, supervisor.machine, self._upstream)
 
     def _open_sockets(self, stack: contextlib.ExitStack) -> NotifyReceiver:
         state = self._resume
         if state is None:
-            self._listeners = open_listeners(self.config.binds, self._environ)
+            taken = self._restarts.take_over()  # --handoff: a running instance's sockets
+            self._listeners = open_listeners(self.config.binds, self._environ, taken)
             receiver = NotifyReceiver()
             private = self.config.control_path is None
-            control = ControlServer(self._control_path, private_directory=private)
+            control = self._restarts.control_server(self._control_path, private)
         else:
             self._listeners = listeners_from_json(state["listeners"])
             receiver = NotifyReceiver.adopt(state["notify"]["fd"], state["notify"]["address"])
             stamp = stamp_from_json(state["control"]["stamp"])
             control = ControlServer.adopt(state["control"]["fd"], self._control_path, stamp)
         for listener in self._listeners:
+            _no_delay(listener.sock)
             where = listener_address(listener.sock)
             label = f" as {listener.name}" if listener.name else ""
             kept = "" if state is None else " (kept across the exec)"
@@ -207,6 +220,8 @@ class Manager:
         self._control = control
         stack.callback(self._close_control)
         self._selector.register(control, selectors.EVENT_READ, self._on_control)
+        self._restarts.open(self._supervisor, self._listeners, control)
+        stack.callback(self._restarts.close)  # first: it may disown paths a taker uses
         return receiver
 
     def _catch_signals(self, stack: contextlib.ExitStack) -> None:
@@ -248,7 +263,7 @@ class Manager:
                 self._request_reload(None, "SIGHUP")
             elif received in _FORWARDED:
                 self._supervisor.forward(received)
-            else:
+            elif not self._restarts.delay_stop(received):
                 hurry = self._supervisor.machine.phase is not Phase.RUNNING
                 what = "hurried" if hurry else "requested"
                 self._log.event("stop", f"stop {what} by {received.name}", signal=received.name)
@@ -318,6 +333,7 @@ class Manager:
             "control": self._control_path,
             "version": __version__,
             "upgrades": self._upgrades,
+            "restarts": self._restarts.status(),
         }
         supervisor = self._supervisor
         report = snapshot(supervisor.machine, supervisor.children, self._listeners, about)
@@ -329,7 +345,7 @@ class Manager:
         if self._upstream.address:
             env["NOTIFY_SOCKET"] = self._upstream.address
         try:
-            problem = upgrade_refusal(self._supervisor.machine)
+            problem = upgrade_refusal(self._supervisor.machine) or self._restarts.upgrade_refusal()
             if problem:
                 raise UpgradeError(f"cannot upgrade now: {problem}; retry in a moment")
             check_target(python, env)
@@ -357,3 +373,14 @@ class Manager:
             born=self._born,
             upgrades=self._upgrades,
         )
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """TCP_NODELAY on a TCP listener, which every accepted connection inherits (Linux).
+
+    A server that takes its socket as a bare fd may not know it is TCP and so never
+    set it: ``uvicorn --fd`` wraps the fd as AF_UNIX, asyncio then skips TCP_NODELAY,
+    and each keep-alive response waits out Nagle's 40 ms for the client's delayed ACK.
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

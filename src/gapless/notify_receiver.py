@@ -3,7 +3,9 @@
 A manager creates a :class:`NotifyReceiver`, puts its ``address`` in a child's
 ``NOTIFY_SOCKET``, and reads :class:`Notification` values carrying the sender's
 pid, uid and gid as the kernel attached them (SO_PASSCRED). Any fds a sender
-attaches (``systemd-notify`` sends one with ``BARRIER=1``) are closed at once.
+attaches (``systemd-notify`` sends one with ``BARRIER=1``) are closed at once,
+unless the receiver plays systemd's fd store (``keep_fds=True``): then they come
+with the notification, for the caller to close.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Notification:
     uid: int
     gid: int
     fields: Mapping[str, str]
+    fds: tuple[int, ...] = ()  # only with NotifyReceiver(keep_fds=True); the caller's
 
     @property
     def ready(self) -> bool:
@@ -69,13 +72,16 @@ class NotifyReceiver:
     Args:
         address: ``/a/path`` or ``@abstract-name``; default: a fresh abstract name
             unique to this process and instance.
+        keep_fds: hand the fds a datagram carries (``FDSTORE=1``) to the caller in
+            :attr:`Notification.fds` instead of closing them.
 
     Raises:
         NotifyError: the address is malformed or cannot be bound (path taken,
             directory missing).
     """
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, *, keep_fds: bool = False) -> None:
+        self._keep_fds = keep_fds
         if address is None:
             address = f"@gapless/notify/{os.getpid()}/{secrets.token_hex(8)}"
         sockaddr = notify_sockaddr(address, "notify address")
@@ -109,6 +115,7 @@ class NotifyReceiver:
         """
         receiver = cls.__new__(cls)
         receiver.address = address
+        receiver._keep_fds = False
         receiver._identity = None
         receiver._sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
@@ -135,16 +142,23 @@ class NotifyReceiver:
             )
         except BlockingIOError:
             return None
-        credentials = _close_fds_find_credentials(ancillary)
-        if flags & socket.MSG_TRUNC:
-            raise NotifyError(f"notification over {MAX_MESSAGE} bytes dropped; shorten it")
-        if flags & socket.MSG_CTRUNC:
-            raise NotifyError("notification with too much ancillary data dropped")
-        if credentials is None:
-            raise NotifyError("notification without sender credentials dropped")
+        fds, credentials = _fds_and_credentials(ancillary)
+        try:
+            if flags & socket.MSG_TRUNC:
+                raise NotifyError(f"notification over {MAX_MESSAGE} bytes dropped; shorten it")
+            if flags & socket.MSG_CTRUNC:
+                raise NotifyError("notification with too much ancillary data dropped")
+            if credentials is None:
+                raise NotifyError("notification without sender credentials dropped")
+            fields = parse_message(data)
+        except NotifyError:
+            _close(fds)
+            raise
+        if not self._keep_fds:
+            _close(fds)
+            fds = []
         pid, uid, gid = credentials
-        fields = parse_message(data)
-        return Notification(pid, uid, gid, types.MappingProxyType(fields))
+        return Notification(pid, uid, gid, types.MappingProxyType(fields), tuple(fds))
 
     def close(self) -> None:
         """Close the socket and remove its file, unless someone replaced it. Idempotent."""
@@ -169,22 +183,26 @@ class NotifyReceiver:
         return f"NotifyReceiver(address={self.address!r})"
 
 
-def _close_fds_find_credentials(
+def _fds_and_credentials(
     ancillary: list[tuple[int, int, bytes]],
-) -> tuple[int, int, int] | None:
-    """Close every fd passed (sd_notify_barrier waits for that) and find the ucred."""
+) -> tuple[list[int], tuple[int, int, int] | None]:
+    """The fds passed (closed by the caller unless kept: sd_notify_barrier waits for
+    that) and the ucred."""
     credentials = None
+    fds = array.array("i")
     for level, kind, data in ancillary:
         if level != socket.SOL_SOCKET:
             continue
         if kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-            for fd in fds:
-                os.close(fd)
         elif kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
             credentials = _UCRED.unpack_from(data)
-    return credentials
+    return list(fds), credentials
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def in_process_tree(pid: int, root: int) -> bool:

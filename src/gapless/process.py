@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -159,6 +160,7 @@ def spawn(
     new_process_group: bool = False,
     capture_stderr: bool = False,
     cwd: str | None = None,
+    death_signal: int | None = None,
 ) -> Child:
     """Start ``argv`` with ``listeners`` on fds 3, 4, ... as systemd passes them.
 
@@ -172,21 +174,28 @@ def spawn(
         new_process_group: put the child in a process group of its own.
         capture_stderr: give the child a pipe as stderr; its read end is ``stderr_fd``.
         cwd: the directory to run the child in.
+        death_signal: a signal the child gets when this thread exits or is killed
+            (``PR_SET_PDEATHSIG``), so it does not outlive a manager; not for a
+            successor, which must outlive its parent.
 
     Returns:
         The running child.
 
     Raises:
-        SuccessorSpawnError: empty argv, command not found or not executable, a bad fd.
+        SuccessorSpawnError: empty argv, command not found or not executable, a bad fd,
+            or no process or fd left to start it (RLIMIT_NPROC, RLIMIT_NOFILE).
         InheritanceError: ``names`` does not match ``listeners`` or a name holds ':'.
     """
     plan = _make_plan(argv, listeners, names, env, extra_fds or {}, new_process_group, cwd)
-    err_r, err_w = os.pipe()
-    out_r, out_w = os.pipe() if capture_stderr else (None, None)
+    if death_signal:
+        plan = dataclasses.replace(plan, death_signal=death_signal, parent_pid=os.getpid())
+    err_r, err_w, out_r, out_w = _pipes(argv[0], capture_stderr)
     try:
         pid = fork_exec(plan, err_w, out_w)
-    except BaseException:
+    except BaseException as exc:
         _close(err_r, out_r)
+        if isinstance(exc, OSError):  # EAGAIN under RLIMIT_NPROC, ENOMEM
+            raise SuccessorSpawnError(_resource_message(argv[0], "fork failed", exc)) from None
         raise
     finally:
         _close(err_w, out_w)
@@ -202,7 +211,29 @@ def spawn(
         raise SuccessorSpawnError(_failure_message(argv[0], cwd, report))
     if out_r is not None:
         os.set_blocking(out_r, False)
-    return Child(pid, out_r, new_process_group)
+    try:
+        return Child(pid, out_r, new_process_group)
+    except OSError as exc:  # no fd for its pidfd: a child we cannot watch must not run
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        _close(out_r)
+        raise SuccessorSpawnError(_resource_message(argv[0], "cannot open a pidfd", exc)) from None
+
+
+def _pipes(command: str, capture_stderr: bool) -> tuple[int, int, int | None, int | None]:
+    """The exec-report pipe and, if asked, the stderr pipe; fd exhaustion is an error."""
+    try:
+        err_r, err_w = os.pipe()
+    except OSError as exc:
+        raise SuccessorSpawnError(_resource_message(command, "cannot open a pipe", exc)) from None
+    if not capture_stderr:
+        return err_r, err_w, None, None
+    try:
+        out_r, out_w = os.pipe()
+    except OSError as exc:
+        _close(err_r, err_w)
+        raise SuccessorSpawnError(_resource_message(command, "cannot open a pipe", exc)) from None
+    return err_r, err_w, out_r, out_w
 
 
 def _make_plan(
@@ -300,6 +331,20 @@ def _failure_message(command: str, cwd: str | None, report: bytes) -> str:
     elif code == errno.ENOEXEC:
         why = f"not an executable format ({name}); add a '#!' line to the script"
     return f"cannot start {command!r}: {why}"
+
+
+def _resource_message(command: str, what: str, exc: OSError) -> str:
+    """Why ``command`` could not start (``what`` failed), naming the limit hit."""
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        hint = "out of file descriptors: raise RLIMIT_NOFILE (ulimit -n, LimitNOFILE=)"
+    elif exc.errno == errno.EAGAIN:
+        hint = "process limit reached: raise RLIMIT_NPROC (ulimit -u, TasksMax=)"
+    elif exc.errno == errno.ENOMEM:
+        hint = "out of memory"
+    else:
+        hint = "check the system's limits"
+    return f"cannot start {command!r}: {what} ({name}: {exc.strerror}); {hint}"
 
 
 def _close(*fds: int | None) -> None:

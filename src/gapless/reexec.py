@@ -207,6 +207,7 @@ def config_to_json(config: ManagerConfig) -> dict[str, Any]:
         "drain_timeout": config.drain_timeout,
         "stop_signal": int(config.stop_signal),
         "log_format": config.log_format,
+        "shutdown_delay": config.shutdown_delay,
     }
 
 
@@ -221,6 +222,7 @@ def config_from_json(value: Mapping[str, Any], control_path: str) -> ManagerConf
         drain_timeout=value["drain_timeout"],
         stop_signal=signal.Signals(value["stop_signal"]),
         log_format=value["log_format"],
+        shutdown_delay=value.get("shutdown_delay", 0.0),
     )
 
 

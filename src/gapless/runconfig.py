@@ -42,6 +42,10 @@ class ManagerConfig:
     drain_timeout: float = 30.0
     stop_signal: signal.Signals = signal.SIGTERM
     log_format: str = "text"
+    handoff_path: str | None = None  # --handoff: None off; see gapless.restarts
+    handoff_timeout: float = 10.0
+    shutdown_delay: float = 0.0
+    health_bind: Bind | None = None
 
 
 @dataclass
@@ -56,17 +60,22 @@ class Listener:
         return os.fstat(self.sock.fileno()).st_ino
 
 
-def open_listeners(binds: Sequence[Bind], environ: dict[str, str]) -> list[Listener]:
+def open_listeners(
+    binds: Sequence[Bind],
+    environ: dict[str, str],
+    taken: Sequence[tuple[str | None, socket.socket]] = (),
+) -> list[Listener]:
     """Open the binds, taking the sockets the manager itself inherited first.
 
-    Sockets systemd passed to the manager (socket activation, ``LISTEN_FDS``)
+    Sockets systemd passed to the manager (socket activation, ``LISTEN_FDS``, or
+    its fd store) and those ``taken`` from a previous instance (``--handoff``)
     serve the binds they match; with no bind at all, every one is used.
 
     Raises:
         ListenError: a bind could not be opened.
         InheritanceError, AdoptError: the manager's own ``LISTEN_*`` are broken.
     """
-    inherited = consume_listen_fds(environ)
+    inherited = consume_listen_fds(environ) + list(taken)
     if not binds:
         return [Listener(name, sock, None) for name, sock in inherited]
     plan = match_binds(binds, [(name, listener_address(sock)) for name, sock in inherited])

@@ -2,23 +2,26 @@
 
 ::
 
-    python -m gapless.serve_child MODULE:APP [--interface auto|asgi|wsgi]
-        [--server uvicorn] [--drain-timeout S] [--keep-alive S]
+    python -m gapless.serve_child MODULE:APP [--interface auto|asgi|wsgi|aiohttp]
+        [--server uvicorn|hypercorn] [--workers N] [--hooks MODULE]
+        [--drain-timeout S] [--keep-alive S] [--read-timeout S] [--max-header-size B]
         [--http auto|h11|httptools] [--limit-concurrency N] [--threads N] [--ws-grace S]
         [--certfile F --keyfile F] [--factory] [--bind ADDRESS]...
         [--no-access-log] [--log-level LEVEL]
 
 It takes the listening sockets its manager (``gapless run``, ``gapless serve``
 or systemd) passed as ``LISTEN_FDS``, or opens ``--bind`` ones when started
-alone; imports the application afresh; serves every socket; sends ``READY=1``
-to ``NOTIFY_SOCKET`` only once the ASGI lifespan startup completed and the
+alone; runs the ``before_upgrade`` hook; imports the application afresh;
+serves every socket; sends ``READY=1`` to ``NOTIFY_SOCKET`` only once the
+application's startup (ASGI lifespan, aiohttp ``on_startup``) completed and the
 sockets are being served; and on SIGTERM or SIGINT sends ``STOPPING=1`` and
 drains by the contract of :mod:`gapless.integrations` within
 ``--drain-timeout`` (a second signal cuts at once), logging how many
-connections the deadline cut.
+connections the deadline cut. With ``--workers N`` it forks N workers that
+share the sockets (:mod:`gapless.prefork`) and is ready when all of them are.
 
 Exit codes: 0 after the drain (a cut is logged, not an error); 2 a bad command
-line; 3 the application could not be loaded or started.
+line; 3 the application or a hook could not be loaded or started.
 
 Example::
 
@@ -28,24 +31,34 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
+import functools
 import logging
 import os
 import socket
 import sys
-import traceback
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from .addresses import parse_bind
-from .errors import GaplessError, NotifyError, ServeError
+from .errors import GaplessError, ServeError
+from .hooks import Hooks
 from .inheritance import consume_listen_fds
-from .integrations.common import ASGIApp, DrainReport, ServeOptions
-from .listeners import listener_address, open_listener
-from .notify import notify, ready
+from .integrations.common import ServeOptions
+from .listeners import open_listener
+from .serve_apps import detect_interface, load_app, load_hooks, serve
+from .serve_options import add_child_options, options_from_args
 
-__all__ = ["build_parser", "detect_interface", "load_app", "main", "serve"]
+__all__ = [
+    "EXIT_STARTUP",
+    "Generation",
+    "build_parser",
+    "detect_interface",
+    "load_app",
+    "main",
+    "run_generation",
+    "serve",
+    "take_sockets",
+]
 
 logger = logging.getLogger("gapless.serve")
 
@@ -64,112 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m gapless.serve_child",
         description="Serve a Python web application on inherited sockets; drain on SIGTERM.",
     )
-    parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
-    parser.add_argument("--interface", choices=("auto", "asgi", "wsgi"), default="auto")
-    parser.add_argument("--server", choices=("uvicorn",), default="uvicorn")
-    parser.add_argument("--drain-timeout", type=_seconds, default=30.0, metavar="S")
-    parser.add_argument("--keep-alive", type=_seconds, default=5.0, metavar="S")
-    parser.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto")
-    parser.add_argument("--limit-concurrency", type=_positive, default=None, metavar="N")
-    parser.add_argument("--threads", type=_positive, default=10, metavar="N", help="WSGI")
-    parser.add_argument("--ws-grace", type=_seconds, default=1.0, metavar="S")
-    parser.add_argument("--certfile", default=None, metavar="FILE")
-    parser.add_argument("--keyfile", default=None, metavar="FILE")
-    parser.add_argument("--factory", action="store_true", help="APP is a factory to call")
-    parser.add_argument(
-        "--bind", action="append", default=[], metavar="ADDRESS", help="only without LISTEN_FDS"
-    )
-    parser.add_argument("--no-access-log", dest="access_log", action="store_false")
-    parser.add_argument(
-        "--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info"
-    )
+    add_child_options(parser)
     return parser
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e6:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: give a number from 0")
-    return value
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: give a whole number above 0")
-    return int(text)
-
-
-def load_app(spec: str, *, factory: bool = False) -> object:
-    """Import ``MODULE:ATTR`` (``ATTR`` may be dotted) from the working directory.
-
-    Args:
-        spec: e.g. ``myapp:app`` or ``pkg.web:factory.app``.
-        factory: call the object found, with no arguments, to get the application.
-
-    Returns:
-        The application object.
-
-    Raises:
-        ServeError: the spec is malformed, the module cannot be imported (an
-            error inside it is logged with its traceback), or the attribute is missing.
-    """
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ServeError(f"invalid application {spec!r}: write MODULE:APP, e.g. myapp:app")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if not _names_the_module(exc.name, module_name):  # a missing import inside the app
-            logger.error("importing %s failed:\n%s", module_name, traceback.format_exc())
-        raise ServeError(f"cannot import {module_name!r} for {spec!r}: {exc}") from None
-    except Exception as exc:
-        logger.error("importing %s failed:\n%s", module_name, traceback.format_exc())
-        raise ServeError(f"cannot import {module_name!r} for {spec!r}: {exc!r}") from None
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ServeError(
-                f"no attribute {part!r} in {spec!r}: check the name after ':'"
-            ) from None
-    return obj() if factory else obj
-
-
-def _names_the_module(missing: str | None, module_name: str) -> bool:
-    return missing is not None and (module_name + ".").startswith(missing + ".")
-
-
-def detect_interface(app: object) -> str:
-    """``asgi`` if ``app`` (or its ``__call__``) is a coroutine function, else ``wsgi``.
-
-    Args:
-        app: the loaded application.
-
-    Returns:
-        ``asgi`` or ``wsgi``.
-
-    Raises:
-        ServeError: ``app`` is not callable.
-    """
-    if not callable(app):
-        raise ServeError(f"the application {app!r} is not callable: point MODULE:APP at it")
-    call = app if inspect.isfunction(app) else getattr(app, "__call__", None)  # noqa: B004
-    return "asgi" if inspect.iscoroutinefunction(call) else "wsgi"
-
-
-def take_sockets(binds: Sequence[str]) -> list[socket.socket]:
-    """The inherited listening sockets, or sockets opened for ``binds`` when none are.
+def take_sockets(binds: Sequence[str]) -> list[tuple[str | None, socket.socket]]:
+    """The inherited listening sockets with their names (``LISTEN_FDNAMES``), or
+    sockets opened for ``binds`` (``[NAME=]ADDRESS``) when none are.
 
     Raises:
         ServeError: no socket inherited and no bind given, or binds given as well.
         GaplessError: the ``LISTEN_*`` variables, a bind or a socket is bad.
     """
-    inherited = [sock for _, sock in consume_listen_fds()]
+    inherited = consume_listen_fds()
     if inherited and binds:
         raise ServeError("--bind given but sockets were inherited (LISTEN_FDS): drop --bind")
     if inherited:
@@ -179,81 +99,142 @@ def take_sockets(binds: Sequence[str]) -> list[socket.socket]:
             "no listening socket: run under gapless run or systemd socket activation, "
             "or pass --bind ADDRESS"
         )
-    return [open_listener(parse_bind(text)) for text in binds]
+    parsed = [parse_bind(text) for text in binds]
+    return [(bind.name, open_listener(bind)) for bind in parsed]
 
 
-def serve(
-    app: object, interface: str, sockets: Sequence[socket.socket], options: ServeOptions
-) -> DrainReport:
-    """Serve ``app`` on ``sockets``, send ``READY=1`` when served, drain on SIGTERM.
+class Generation:
+    """What one generation runs: how to get the application, and how to serve it.
+
+    Args:
+        load: returns the application; called after the ``before_upgrade`` hook,
+            in each worker when there are several (so each imports it afresh).
+        interface: ``auto``, ``asgi``, ``wsgi`` or ``aiohttp``.
+        server: ``uvicorn`` or ``hypercorn``, for ASGI and WSGI.
+        options: the serving options.
+        hooks: run at the points of the generation's life (see :mod:`gapless.serve_apps`).
+        workers: processes sharing the sockets.
+        apps: further applications by socket name, each served by a process of
+            its own on the sockets of that name (an admin app on its own bind);
+            ``load`` serves the other sockets.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], object],
+        *,
+        interface: str = "auto",
+        server: str = "uvicorn",
+        options: ServeOptions | None = None,
+        hooks: Hooks | None = None,
+        workers: int = 1,
+        apps: Mapping[str, Callable[[], object]] | None = None,
+    ) -> None:
+        self.load = load
+        self.apps = dict(apps or {})
+        self.interface = interface
+        self.server = server
+        self.options = options or ServeOptions()
+        self.hooks = hooks or Hooks()
+        self.workers = workers
+
+
+def run_generation(
+    generation: Generation, sockets: Sequence[tuple[str | None, socket.socket]]
+) -> int:
+    """Run one generation on ``sockets`` (named) until it is stopped and drained.
+
+    Returns:
+        The exit code: 0 after the drain.
 
     Raises:
-        ServeError: the interface or a server package is missing.
+        GaplessError: a hook vetoed the start (HookError), or the application
+            could not be loaded or served (ServeError).
     """
-    names = ", ".join(str(listener_address(sock)) for sock in sockets)
+    hooks = generation.hooks
+    units = _units(generation, sockets)
+    hooks.run("before_upgrade")
+    if len(units) == 1:
+        load, socks = units[0]
+        return _serve_once(generation, load, socks, hooks)
+    from .prefork import run_workers
 
-    def on_ready() -> None:
-        logger.info("serving %s (%s) on %s, pid %d", interface, options.http, names, os.getpid())
-        try:
-            ready(status=f"serving on {names}")
-        except NotifyError as exc:
-            logger.warning("cannot tell the manager we are ready: %s", exc)
-
-    def on_drain() -> None:
-        try:
-            notify(stopping=True, status="draining")
-        except NotifyError as exc:
-            logger.warning("cannot tell the manager we are draining: %s", exc)
-
-    if interface == "wsgi":
-        from .integrations.wsgi import serve_wsgi
-
-        return serve_wsgi(_callable(app), sockets, options, on_ready=on_ready, on_drain=on_drain)
-    from .integrations.uvicorn import serve_asgi
-
-    asgi: ASGIApp = _callable(app)
-    return serve_asgi(asgi, sockets, options, on_ready=on_ready, on_drain=on_drain)
+    works = [functools.partial(_serve_once, generation, *unit, Hooks()) for unit in units]
+    return run_workers(works, hooks)
 
 
-def _callable(app: object) -> Callable[..., Any]:
-    assert callable(app)  # detect_interface checked it
-    return app
+Unit = tuple[Callable[[], object], list[socket.socket]]
+
+
+def _units(
+    generation: Generation, sockets: Sequence[tuple[str | None, socket.socket]]
+) -> list[Unit]:
+    """What each process serves: the main application on the sockets no other
+    application names, ``workers`` times; each further application once."""
+    units: list[Unit] = []
+    for name, load in generation.apps.items():
+        named = [sock for owner, sock in sockets if owner == name]
+        if not named:
+            raise ServeError(f"--app {name}=... names no socket: add --bind {name}=ADDRESS")
+        units.append((load, named))
+    rest = [sock for owner, sock in sockets if owner not in generation.apps]
+    if not rest:
+        raise ServeError("every socket is taken by an --app: add a --bind for MODULE:APP")
+    return [(generation.load, rest)] * generation.workers + units
+
+
+def _serve_once(
+    generation: Generation,
+    load: Callable[[], object],
+    sockets: Sequence[socket.socket],
+    hooks: Hooks,
+) -> int:
+    app = load()
+    interface = generation.interface
+    if interface == "auto":
+        interface = detect_interface(app)
+    report = serve(app, interface, generation.server, sockets, generation.options, hooks)
+    hooks.run("after_shutdown")
+    if not report.clean:
+        # Requests cut at the deadline may leave worker threads (WSGI) that would
+        # hold the interpreter's exit; the drain is over, so leave now.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one generation; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
-    options = ServeOptions(
-        drain_timeout=args.drain_timeout,
-        keep_alive=args.keep_alive,
-        http=args.http,
-        limit_concurrency=args.limit_concurrency,
-        threads=args.threads,
-        access_log=args.access_log,
-        log_level=args.log_level,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
-        ws_grace=args.ws_grace,
-    )
+    configure_logging(args.log_level)
     if (args.certfile is None) != (args.keyfile is None):
         print("gapless serve: error: give --certfile and --keyfile together", file=sys.stderr)
         return EXIT_USAGE
     try:
         _check_readable(certfile=args.certfile, keyfile=args.keyfile)
         sockets = take_sockets(args.bind)
-        app = load_app(args.app, factory=args.factory)
-        interface = detect_interface(app) if args.interface == "auto" else args.interface
-        report = serve(app, interface, sockets, options)
+        generation = Generation(
+            lambda: load_app(args.app, factory=args.factory),
+            interface=args.interface,
+            server=args.server,
+            options=options_from_args(args),
+            hooks=load_hooks(args.hooks) if args.hooks else None,
+            workers=args.workers,
+            apps=_apps(args.app_by_name),
+        )
+        return run_generation(generation, sockets)
     except GaplessError as exc:
         print(f"gapless serve: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
-    if not report.clean:
-        # Requests cut at the deadline may leave worker threads (WSGI) that would
-        # hold the interpreter's exit; the drain is over, so leave now.
-        logging.shutdown()
-        os._exit(0)
-    return 0
+
+
+def _apps(specs: Sequence[str]) -> dict[str, Callable[[], object]]:
+    apps: dict[str, Callable[[], object]] = {}
+    for text in specs:
+        name, _, spec = text.partition("=")
+        apps[name] = functools.partial(load_app, spec)
+    return apps
 
 
 def _check_readable(**files: str | None) -> None:
@@ -263,11 +244,14 @@ def _check_readable(**files: str | None) -> None:
             raise ServeError(f"cannot read --{option} {path!r}: check the path and permissions")
 
 
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)-8s gapless[%(process)d]: %(message)s"))
+def configure_logging(level: str) -> None:
+    """Log ``gapless.*`` to stderr, one line each, with the process id."""
     root = logging.getLogger("gapless")
-    root.addHandler(handler)
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        fmt = "%(levelname)-8s gapless[%(process)d]: %(message)s"
+        handler.setFormatter(logging.Formatter(fmt))
+        root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .children import Children
+from .connections import ConnectionCounter
 from .generations import LIVE, Generation, Generations, GenState, Phase, ReloadResult
 from .listeners import listener_address
 from .runconfig import Listener
@@ -41,9 +42,11 @@ def snapshot(
     """
     now = time.monotonic()
     last = machine.last_reload
+    counter = ConnectionCounter.of(item.sock for item in listeners)
+    live = machine.in_state(*LIVE)
     return {
         "manager": {**about, "state": machine.phase.value},
-        "generations": [_describe(gen, children, now) for gen in machine.in_state(*LIVE)],
+        "generations": [_describe(gen, children, counter, now) for gen in live],
         "listeners": [
             {"name": item.name, "address": str(listener_address(item.sock))} for item in listeners
         ],
@@ -66,13 +69,19 @@ def summary(machine: Generations, children: Children) -> str:
     return "; ".join(parts)
 
 
-def _describe(gen: Generation, children: Children, now: float) -> dict[str, Any]:
+def _describe(
+    gen: Generation, children: Children, counter: ConnectionCounter, now: float
+) -> dict[str, Any]:
     proc = children.procs.get(gen.number)
     deadline = gen.drain_deadline if gen.state is GenState.DRAINING else None
+    pids = group_members(proc.pid) if proc else []
+    draining = gen.state in (GenState.DRAINING, GenState.KILLED)
     return {
         "generation": gen.number,
         "pid": proc.pid if proc else None,
-        "pids": group_members(proc.pid) if proc else [],
+        "pids": pids,
+        # Only where it tells how far a drain is: a scan of /proc per generation.
+        "connections": counter.count(pids) if draining else None,
         "state": gen.state.value,
         "age": round(now - gen.started, 3),
         "ready_latency": _rounded(gen.ready_latency),

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .children import Children, Proc
+from .connections import ConnectionCounter
 from .errors import GaplessError, NotifyError
 from .eventlog import EventLog
 from .generations import (
@@ -52,6 +53,7 @@ from .notify import NotifyReceiver
 from .readiness import Readiness
 from .runconfig import Listener, ManagerConfig
 from .statusreport import summary
+from .subreaper import group_members
 from .upstream import Upstream
 
 __all__ = ["Supervisor"]
@@ -96,6 +98,7 @@ class Supervisor:
         self._listeners: Sequence[Listener] = ()
         self._notify_address = ""
         self._readiness: Readiness | None = None  # once start() knows the sockets
+        self._connections = ConnectionCounter(frozenset(), frozenset())
 
     def start(self, listeners: Sequence[Listener], receiver: NotifyReceiver, boot: bool) -> None:
         """Take the sockets; with ``boot``, spawn generation 1 (else one was adopted).
@@ -106,7 +109,8 @@ class Supervisor:
         self._listeners = listeners
         self._notify_address = receiver.address
         inodes = [item.inode for item in listeners]
-        self._readiness = Readiness(self.config.ready, inodes)
+        self._connections = ConnectionCounter.of(item.sock for item in listeners)
+        self._readiness = Readiness(self.config.ready, inodes, self._connections)
         if boot:
             self.feed(Boot())
 
@@ -211,7 +215,7 @@ class Supervisor:
 
     def on_notify(self, receiver: NotifyReceiver) -> None:
         """Route the pending datagrams: READY=1 of the starting one, STATUS= of any."""
-        while True:
+        for _ in range(64):  # a bounded batch: a flood of datagrams cannot starve the loop
             try:
                 note = receiver.receive()
             except NotifyError as exc:
@@ -221,8 +225,14 @@ class Supervisor:
                 return
             starting = self.machine.starting
             proc = self.children.sender(note.pid, starting.number if starting else None)
-            if proc is None:
-                continue  # from a process outside every generation (a stray sender)
+            if proc is None:  # anyone may send to an abstract socket: READY=1 too
+                self._log.event(
+                    "warning",
+                    f"ignored a notify datagram from pid {note.pid}: "
+                    "not a process of any generation",
+                    pid=note.pid,
+                )
+                continue
             if note.status is not None:
                 proc.status_line = note.status
             wanted = self.config.ready.notify and starting is not None
@@ -237,7 +247,10 @@ class Supervisor:
         env = {**self._environ, "NOTIFY_SOCKET": self._notify_address}
         listeners = [(listener.name, listener.sock) for listener in self._listeners]
         try:
-            proc = self.children.spawn(number, self.config.command, listeners, env)
+            # A manager killed outright (SIGKILL, OOM) must leave no generation serving
+            # for ever on sockets a restarted manager cannot bind: the leader drains.
+            death = int(self.config.stop_signal)
+            proc = self.children.spawn(number, self.config.command, listeners, env, death)
         except GaplessError as exc:
             self.feed(SpawnFailed(number, f"generation {number} could not start: {exc}"))
             return
@@ -263,14 +276,17 @@ class Supervisor:
 
     def _signal(self, action: Signal) -> None:
         proc = self.children.procs[action.generation]
+        held = self._connections.count(group_members(proc.pid))
         proc.child.send_signal(action.signal)
         name = signal.Signals(action.signal).name
         seconds = action.deadline - time.monotonic()
         self._log.event(
             "draining",
             f"generation {action.generation} draining: sent {name} to pid {proc.pid}, "
+            f"{held} connection{'' if held == 1 else 's'} left, "
             f"killed in {seconds:.3g} s if still running",
             generation=action.generation,
+            connections=held,
         )
 
     def _kill(self, action: KillGroup) -> None:

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 
 from .addresses import Bind, parse_bind
 from .errors import BindError, NotifyError, SignalsError, UpgradeRefusedError
-from .handshake import Handshake
+from .handshake import UPSTREAM_VAR, Handshake
 from .hooks import Hooks
 from .inheritance import consume_listen_fds, match_binds
+from .keeper import keep_pid as keep_pid_in_keeper
 from .listeners import (
     DEFAULT_BACKLOG,
     UnixPathStamp,
@@ -99,9 +100,14 @@ class Upgrader:
         command: the successor's argv; default ``[sys.executable, *sys.orig_argv[1:]]``.
         ready_timeout: seconds the successor has to send READY=1 before it is killed.
         hammer_time: seconds a drain may take before the process exits anyway; -1: no limit.
-        pid_file: written atomically with this process's PID once it is ready.
+        pid_file: written atomically with this process's PID once it is ready (with
+            ``keep_pid``, the keeper's PID, which stays).
         signals: signal name -> ``"upgrade"`` or ``"stop"``; default :data:`DEFAULT_SIGNALS`.
         environ: the environment to read inherited sockets from (default ``os.environ``).
+        keep_pid: keep the PID of the process that was started across every upgrade,
+            for init systems that follow one PID: that process forks here and stays
+            as a thin keeper, which never returns from this call; the server goes
+            on in the child. See :mod:`gapless.keeper`.
     """
 
     def __init__(
@@ -113,13 +119,17 @@ class Upgrader:
         pid_file: str | os.PathLike[str] | None = None,
         signals: Mapping[str, str] | None = None,
         environ: dict[str, str] | None = None,
+        keep_pid: bool = False,
     ) -> None:
         self._environ = os.environ if environ is None else environ
+        self.keep_pid = keep_pid
         self.command = list(command) if command else [sys.executable, *sys.orig_argv[1:]]
         self.ready_timeout = ready_timeout
         self.pid_file = pid_file
         self.hooks = Hooks()
         self._signal_map = _parse_signal_map(signals or DEFAULT_SIGNALS)
+        if keep_pid and UPSTREAM_VAR not in self._environ:  # the first version only
+            keep_pid_in_keeper(self._environ, list(self._signal_map), pid_file)
         self._cwd = os.getcwd()
         self._lock = threading.RLock()
         self._machine = Lifecycle(hammer_time=hammer_time)
@@ -309,7 +319,7 @@ class Upgrader:
             log.info("closing inherited %s: no longer requested", _describe(sock))
             sock.close()
         self._inherited.clear()
-        if self.pid_file is not None:
+        if self.pid_file is not None and not self.keep_pid:
             write_pid_file(self.pid_file)  # before READY=1: whoever reads it then finds it
         try:
             notify(ready=True, environ=self._environ)

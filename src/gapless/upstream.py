@@ -72,6 +72,7 @@ class Upstream:
         if not self.address:
             return
         try:
-            notify(**fields, environ={"NOTIFY_SOCKET": self.address})
+            # Never block: a supervisor that stops reading must not stall the manager.
+            notify(**fields, environ={"NOTIFY_SOCKET": self.address}, block=False)
         except NotifyError as exc:
             self._log.event("warning", f"cannot notify the supervisor: {exc}")

@@ -2,7 +2,7 @@
 
 Rewriting the file before an upgrade is how a test deploys "the next version":
     {"binds": ["web=127.0.0.1:0"], "fail": null | "exit" | "hang",
-     "hammer_time": 30, "ready_timeout": 10, "pid_file": null}
+     "hammer_time": 30, "ready_timeout": 10, "pid_file": null, "keep_pid": false}
 """
 
 import json
@@ -29,6 +29,7 @@ with Upgrader(
     hammer_time=config.get("hammer_time", 30.0),
     ready_timeout=config.get("ready_timeout", 10.0),
     pid_file=config.get("pid_file"),
+    keep_pid=config.get("keep_pid", False),
 ) as upgrader:
     servers = [DemoServer(upgrader.listen(bind)) for bind in config["binds"]]
     loop = AcceptLoop(servers)

@@ -29,10 +29,14 @@ no answer at all. Every integration here keeps the same contract instead:
    >= 3.12.1).
 
 Modules: :mod:`.common` (options, the ASGI middleware, the receive-queue
-check), :mod:`.uvicorn` and :mod:`.uvicorn_http` (ASGI, the default),
-:mod:`.wsgi` (WSGI applications on the same drain). Each imports its server
-lazily: the core of gapless has no dependencies, ``pip install gapless[serve]``
-brings the servers. The runner that uses them is :mod:`gapless.serve_child`.
+check), :mod:`.drain` (closing listeners without loss, waiting on changes),
+:mod:`.uvicorn` and :mod:`.uvicorn_http` (ASGI, the default), :mod:`.hypercorn`
+(ASGI), :mod:`.aiohttp` (aiohttp applications), :mod:`.wsgi` (WSGI applications
+on uvicorn's drain), :mod:`.asyncio_server` (plain asyncio and ``websockets``
+servers: a helper, the drain is theirs). Each imports its server only when used:
+the core of gapless has no dependencies, ``pip install gapless[serve]`` brings
+uvicorn; hypercorn and aiohttp users have theirs. The runner that uses them is
+:mod:`gapless.serve_child`.
 
 Example::
 

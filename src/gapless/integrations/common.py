@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fcntl
 import socket
 import struct
@@ -60,6 +61,9 @@ class ServeOptions:
     Attributes:
         drain_timeout: seconds from the stop signal to cutting what remains.
         keep_alive: seconds an idle keep-alive connection is kept, also in a drain.
+        read_timeout: seconds a connection may stay silent in the middle of a
+            request before it is closed (hypercorn and aiohttp; None: no limit).
+        max_header_size: bytes a request head may take (h11, hypercorn, aiohttp).
         http: uvicorn's HTTP parser: ``auto`` (httptools if installed), ``h11``
             or ``httptools``.
         limit_concurrency: answer 503 beyond this many connections or requests.
@@ -75,6 +79,8 @@ class ServeOptions:
 
     drain_timeout: float = 30.0
     keep_alive: float = 5.0
+    read_timeout: float | None = None
+    max_header_size: int = 16384
     http: str = "auto"
     limit_concurrency: int | None = None
     threads: int = 10
@@ -142,6 +148,7 @@ class CloseWhenDraining:
     def __init__(self, app: ASGIApp, flag: DrainFlag) -> None:
         self.app = app
         self.flag = flag
+        self._open_websockets: set[Send] = set()  # the server's send of each open one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -149,6 +156,10 @@ class CloseWhenDraining:
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+
+        if scope.get("http_version", "1.1") not in ("1.0", "1.1"):
+            await self.app(scope, receive, send)  # HTTP/2 has no Connection header
             return
 
         async def send_closing(message: Message) -> None:
@@ -167,7 +178,38 @@ class CloseWhenDraining:
             **(scope.get("extensions") or {}),
             DRAIN_EXTENSION: {"started": self.flag.event},
         }
-        await self.app({**scope, "extensions": extensions}, receive, send)
+        opened = self._open_websockets
+
+        async def send_tracked(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                opened.add(send)
+            elif message["type"] == "websocket.close":
+                opened.discard(send)
+            await send(message)
+
+        try:
+            await self.app({**scope, "extensions": extensions}, receive, send_tracked)
+        finally:
+            opened.discard(send)
+
+    @property
+    def has_websockets(self) -> bool:
+        """True while a WebSocket accepted through this middleware is open."""
+        return bool(self._open_websockets)
+
+    async def close_websockets(self) -> int:
+        """Close every WebSocket still open with code 1012, through the server's
+        ASGI ``send``: for servers with no such shutdown of their own.
+
+        Returns:
+            How many were closed.
+        """
+        still_open = list(self._open_websockets)
+        self._open_websockets.clear()
+        for send in still_open:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await send({"type": "websocket.close", "code": SERVICE_RESTART})
+        return len(still_open)
 
 
 def _with_close(headers: Any) -> list[tuple[bytes, bytes]]:
@@ -184,6 +226,8 @@ def unread_bytes(fd: int) -> int:
     Returns:
         The count; 0 also when the fd is no longer open (nothing to lose).
     """
+    if fd < 0:  # a socket object already closed
+        return 0
     count = array.array("i", [0])
     try:
         fcntl.ioctl(fd, termios.FIONREAD, count, True)

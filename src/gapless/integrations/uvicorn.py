@@ -57,6 +57,7 @@ from .common import (
     ServeOptions,
     listen_backlog,
 )
+from .drain import handshaking, log_report, stop_accepting
 from .uvicorn_http import DrainingHttp, DrainState, http_protocol
 
 __all__ = ["DrainingServer", "serve_asgi"]
@@ -104,6 +105,7 @@ def serve_asgi(
         loop="asyncio",  # the drain relies on the selector loop's accept path
         timeout_keep_alive=options.keep_alive,  # type: ignore[arg-type]  # a float works
         limit_concurrency=options.limit_concurrency,
+        h11_max_incomplete_event_size=options.max_header_size,
         backlog=max((listen_backlog(sock) for sock in sockets), default=2048),
         access_log=options.access_log,
         log_level=options.log_level,
@@ -180,7 +182,7 @@ class DrainingServer(uvicorn.Server):
         started = self._stop_requested_at or time.monotonic()
         deadline = started + self._options.drain_timeout
         state.flag.start()
-        await _stop_accepting(self.servers)
+        await stop_accepting(self.servers)
         logger.info(
             "draining: stopped accepting; %d connections, %d requests in flight",
             len(state.connections),
@@ -227,11 +229,11 @@ class DrainingServer(uvicorn.Server):
     def _drained(self) -> bool:
         state = self.server_state
         opened = len(state.connections)
-        return not opened and not state.tasks and not _handshaking(self.servers, opened)
+        return not opened and not state.tasks and not handshaking(self.servers, opened)
 
     async def _cut_remaining(self, started: float) -> DrainReport:
         connections = list(self.server_state.connections)
-        handshaking = _handshaking(self.servers, len(connections))
+        unattached = handshaking(self.servers, len(connections))
         tasks = [task for task in self.server_state.tasks if not task.done()]
         for connection in connections:
             transport = getattr(connection, "transport", None)
@@ -241,9 +243,9 @@ class DrainingServer(uvicorn.Server):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
-        cut = len(connections) + handshaking  # the handshaking ones end with the process
+        cut = len(connections) + unattached  # the handshaking ones end with the process
         report = DrainReport(time.monotonic() - started, cut, len(tasks))
-        _log_report(report, "a second signal" if self.force_exit else "the deadline")
+        log_report(report, "a second signal" if self.force_exit else "the deadline")
         return report
 
     async def _shutdown_lifespan(self, deadline: float) -> None:
@@ -252,55 +254,3 @@ class DrainingServer(uvicorn.Server):
             await asyncio.wait_for(self.lifespan.shutdown(), budget)
         except asyncio.TimeoutError:
             logger.warning("lifespan shutdown did not finish within %.1f s; going on", budget)
-
-
-def _handshaking(servers: Sequence[asyncio.base_events.Server], opened: int) -> int:
-    """Connections accepted but not yet given to their protocol (a TLS handshake).
-
-    asyncio calls ``connection_made`` on a TLS connection only once its handshake
-    completed, so until then it is missing from uvicorn's connections; asyncio's
-    server counts every transport it made, in ``_active_count`` (Python 3.10 to
-    3.13), and each opened one is in uvicorn's connections. A failed
-    handshake wakes no waiter: the drain then notices it at the next change or
-    at the deadline, which only delays the exit.
-    """
-    attached = sum(getattr(server, "_active_count", 0) for server in servers)
-    return max(attached - opened, 0)
-
-
-async def _stop_accepting(servers: Sequence[asyncio.base_events.Server]) -> None:
-    """Close the listening sockets without dropping a connection accepted from them.
-
-    asyncio accepts a batch of connections in one callback, makes each one's
-    transport in a task that runs on the next loop iteration, and calls the
-    protocol's ``connection_made`` on the iteration after. A ``Server.close()``
-    before the transport exists makes its task fail (``Server._attach`` asserts
-    the server is open) and the connection, accepted and with a request
-    waiting, is closed unanswered; one whose ``connection_made`` has not run yet
-    is missing from the connections the drain waits for. So: stop reading the
-    listeners (this also cancels an accept callback already due), let the loop
-    run twice (its ready queue is FIFO: the transports are made, then their
-    ``connection_made`` runs, before we resume), then close. ``close()``, never
-    ``shutdown()``: the next generation shares these sockets.
-    """
-    loop = asyncio.get_running_loop()
-    for server in servers:
-        for sock in server.sockets:
-            loop.remove_reader(sock.fileno())
-    for _ in range(2):
-        await asyncio.sleep(0)  # one loop iteration each, not a delay: see above
-    for server in servers:
-        server.close()
-
-
-def _log_report(report: DrainReport, cause: str) -> None:
-    if report.clean:
-        logger.info("drained in %.2f s; nothing cut", report.seconds)
-    else:
-        logger.warning(
-            "drain cut by %s after %.2f s: %d connections closed, %d requests cancelled",
-            cause,
-            report.seconds,
-            report.cut_connections,
-            report.cut_tasks,
-        )

@@ -29,7 +29,7 @@ from ..errors import ServeError
 from .common import ASGIApp, DrainReport, ServeOptions
 from .uvicorn import serve_asgi
 
-__all__ = ["serve_wsgi"]
+__all__ = ["serve_wsgi", "wsgi_to_asgi"]
 
 
 def serve_wsgi(
@@ -55,11 +55,21 @@ def serve_wsgi(
     Raises:
         ServeError: a2wsgi is not installed, or ``threads`` is below 1.
     """
+    asgi = wsgi_to_asgi(app, options.threads)
+    return serve_asgi(asgi, sockets, options, on_ready=on_ready, on_drain=on_drain)
+
+
+def wsgi_to_asgi(app: Callable[..., Any], threads: int) -> ASGIApp:
+    """The WSGI ``app`` as an ASGI application running it on ``threads`` threads.
+
+    Raises:
+        ServeError: a2wsgi is not installed, or ``threads`` is below 1.
+    """
     if importlib.util.find_spec("a2wsgi") is None:
         raise ServeError("WSGI needs a2wsgi, which is not installed: pip install gapless[serve]")
-    if options.threads < 1:
-        raise ServeError(f"invalid threads {options.threads}: give at least 1")
+    if threads < 1:
+        raise ServeError(f"invalid threads {threads}: give at least 1")
     from a2wsgi import WSGIMiddleware
 
-    asgi: ASGIApp = WSGIMiddleware(app, workers=options.threads)  # type: ignore[assignment]
-    return serve_asgi(asgi, sockets, options, on_ready=on_ready, on_drain=on_drain)
+    asgi: ASGIApp = WSGIMiddleware(app, workers=threads)  # type: ignore[assignment]
+    return asgi
