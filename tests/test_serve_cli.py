@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from manager_harness import TIMEOUT, Manager, gapless_argv, running
+from manager_harness import TIMEOUT, Manager, _kill_leftovers, gapless_argv, running
 from serve_harness import APPS, Prober, Wrk, probe, self_signed
 
 RELOADS = 5
@@ -46,9 +46,15 @@ def serving(
         manager.wait_line(r"generation 1 ready after")
         yield manager
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            manager.wait()
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                manager.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(TIMEOUT)
+            _kill_leftovers(manager)
 
 
 def gapless(*args: str, cwd: Path = APPS) -> subprocess.CompletedProcess[str]:
@@ -76,7 +82,7 @@ def test_reloads_under_load_lose_nothing(tmp_path: Path, app: str) -> None:
             manager.wait_line(rf"generation {number} \(pid \d+\) exited with code 0")
         results = {"keep-alive": kept.stop(), "close": closing.stop(), "prober": prober.stop()}
     for name, result in results.items():
-        assert result.requests > 300, (name, result.requests)
+        assert result.requests > (50 if name == "prober" else 300), (name, result.requests)
         assert result.failed == 0, (name, result.failures, result.examples[:3])
 
 
@@ -103,6 +109,11 @@ def test_workers_share_the_sockets_and_are_replaced_together(tmp_path: Path) -> 
         manager.wait_line(r"generation 1 \(pid \d+\) exited with code 0")
         second = next(g for g in manager.status()["generations"] if g["state"] == "active")
         assert _pids(manager, 2) == set(second["pids"][1:])
+        os.kill(second["pids"][1], signal.SIGKILL)  # a worker dies: the leader replaces it
+        dead = second["pids"][1]
+        replaced = manager.wait_line(rf"worker {dead} was killed by SIGKILL; started worker (\d+)")
+        manager.wait_line(rf"serving asgi on .* pid {replaced.group(1)}$")
+        assert probe(http.client.HTTPConnection("127.0.0.1", manager.port, timeout=5)) is None
 
 
 def test_hooks_run_in_order_and_before_upgrade_can_veto_a_reload(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def test_wrk_and_prober_lose_nothing_across_handovers(tmp_path: Path, server: st
         assert handover.wait_retired() == [0] * HANDOVERS
         results = {"keep-alive": kept.stop(), "close": closing.stop(), "prober": prober.stop()}
     for name, result in results.items():
-        assert result.requests > 300, (name, result.requests)
+        assert result.requests > (50 if name == "prober" else 300), (name, result.requests)
         assert result.failed == 0, (name, result.failures, result.examples[:3])
 
 

@@ -31,7 +31,9 @@ Example, a server that upgrades itself on HUP or USR2::
 
 from __future__ import annotations
 
-from .addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AddressInUseError,
     AdoptError,
@@ -51,14 +53,52 @@ from .errors import (
     UpgradeError,
     UpgradeRefusedError,
 )
-from .hooks import Hooks
-from .inheritance import consume_listen_fds, listen_env
-from .integrations.asyncio_server import AsyncioLife, serve_asyncio
-from .integrations.common import ServeOptions
-from .listeners import adopt_listener, open_listener
+
+# Imported here, not lazily: importing the submodule gapless.notify later would
+# otherwise leave the name ``gapless.notify`` bound to the module, not the function.
 from .notify import Notification, NotifyReceiver, notify, ready
-from .serving import serve
-from .upgrader import DEFAULT_SIGNALS, Upgrader
+
+if TYPE_CHECKING:
+    from .addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
+    from .hooks import Hooks
+    from .inheritance import consume_listen_fds, listen_env
+    from .integrations.asyncio_server import AsyncioLife, serve_asyncio
+    from .integrations.common import ServeOptions
+    from .listeners import adopt_listener, open_listener
+    from .serving import serve
+    from .upgrader import DEFAULT_SIGNALS, Upgrader
+
+# The rest loads on first use: every generation a manager starts imports gapless,
+# and a server that needs only the notify client should not pay for asyncio.
+_LAZY = {
+    "Address": "addresses",
+    "Bind": "addresses",
+    "FdAddress": "addresses",
+    "TcpAddress": "addresses",
+    "UnixAddress": "addresses",
+    "parse_bind": "addresses",
+    "Hooks": "hooks",
+    "consume_listen_fds": "inheritance",
+    "listen_env": "inheritance",
+    "AsyncioLife": "integrations.asyncio_server",
+    "serve_asyncio": "integrations.asyncio_server",
+    "ServeOptions": "integrations.common",
+    "adopt_listener": "listeners",
+    "open_listener": "listeners",
+    "serve": "serving",
+    "DEFAULT_SIGNALS": "upgrader",
+    "Upgrader": "upgrader",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gapless' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@
     gapless status [--control PATH] [--json]
     gapless stop   [--control PATH]
     gapless upgrade [--control PATH] [--python PATH]
-    gapless demo   [--reloads N] [--interval SECONDS] [--clients N]
+    gapless demo   [--reloads N] [--duration SECONDS | --interval SECONDS] [--output DIR]
 
 Exit codes: 0 done; 1 failed (a reload that failed, no manager, a socket that
 could not be opened); 2 misuse of the command line, with a one-line message.
@@ -87,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the demo server under load and upgrade it again and again"
     )
     demo.add_argument("--reloads", type=_positive_int, default=10, help="default 10")
-    demo.add_argument(
-        "--interval", type=_delay, default=0.5, help="seconds of load between reloads"
-    )
-    demo.add_argument("--clients", type=_positive_int, default=4, help="client threads")
+    length = demo.add_mutually_exclusive_group()
+    length.add_argument("--duration", type=_delay, help="seconds of load (default 15)")
+    length.add_argument("--interval", type=_delay, help="or: seconds between reloads")
+    demo.add_argument("--output", metavar="DIR", help="for the JSON and PNG (default: a temp dir)")
+    demo.add_argument("--no-wrk", dest="wrk", action="store_const", const=False, help="prober only")
     return parser
 
 
@@ -176,16 +177,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("reload", "status", "stop", "upgrade"):
             return _control(args)
         if args.command == "demo":
-            from .demo_run import run_demo
-
-            report = run_demo(reloads=args.reloads, interval=args.interval, clients=args.clients)
-            return 0 if not report.failures else 1
+            return _demo(args)
     except GaplessError as exc:
         print(f"gapless: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo_run import DEFAULT_DURATION, DEFAULT_OUTPUT, run_demo
+
+    duration = DEFAULT_DURATION if args.duration is None else args.duration
+    if args.interval is not None:
+        duration = args.interval * (args.reloads + 1)
+    output = DEFAULT_OUTPUT if args.output is None else args.output
+    summary = run_demo(reloads=args.reloads, duration=duration, output=output, wrk=args.wrk)
+    return 0 if summary.failed == 0 else 1
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -1,236 +1,79 @@
-"""``gapless demo``: the demo server under load, upgraded again and again.
+"""``gapless demo``: the demo server reloaded again and again under load, nothing lost.
 
-This process plays systemd: it opens the listening socket, starts
-``python -m gapless.demo`` with it (LISTEN_FDS) and a NOTIFY_SOCKET, and follows
-the upgrades the way systemd does for Type=notify-reload: RELOADING=1 from the
-serving process, then MAINPID=<successor> and READY=1. Meanwhile client threads
-send requests back to back, and one slow request spans every upgrade. Every
-request is counted; none may fail.
+A ``gapless bench`` run with the README's defaults: ``python -m gapless.demo`` (an
+HTTP server on the standard library, in library mode) gets its socket as systemd
+would hand it over (LISTEN_FDS) and upgrades itself on each SIGUSR2: the successor
+starts beside it, says READY=1 with its MAINPID, and only then does the old process
+stop accepting and finish what it holds. Meanwhile the bench's open-loop prober
+records every request, and wrk, when it is installed, saturates the server. The
+report ends with ``<N> requests, <F> failed, <R> reloads``.
+
+Library mode shows the handover at its plainest: one process hands the socket to
+the next, with no manager in between, and the demo server's cold start (about
+0.2 s) is all a reload costs.
+
+Example::
+
+    summary = run_demo(reloads=3, duration=5.0, output="/tmp/gapless-demo")
+    assert summary.failed == 0
 """
 
 from __future__ import annotations
 
-import ctypes
-import http.client
 import os
-import select
-import signal
-import statistics
 import sys
-import threading
+import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from typing import TextIO
 
-from .addresses import parse_bind
-from .listeners import listener_address, open_listener
-from .notify import NotifyReceiver
-from .process import Child, spawn
+from .bench.plot import write_png
+from .bench.report import Summary, format_summary, summarize, write_json
+from .bench.runner import BenchConfig, run_bench
 
-__all__ = ["DemoReport", "run_demo"]
+__all__ = ["DEFAULT_DURATION", "DEFAULT_OUTPUT", "DEFAULT_RELOADS", "run_demo"]
 
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-@dataclass
-class ReloadTiming:
-    old_pid: int
-    new_pid: int
-    ready_ms: float
-    old_exit_ms: float
-
-
-@dataclass
-class DemoReport:
-    cold_start_ms: float = 0.0
-    requests: int = 0
-    failures: list[str] = field(default_factory=list)
-    slow_ok: int = 0
-    latencies: list[float] = field(default_factory=list)
-    reloads: list[ReloadTiming] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def record(self, latency: float, error: str | None) -> None:
-        with self.lock:
-            self.requests += 1
-            if error is None:
-                self.latencies.append(latency)
-            else:
-                self.failures.append(error)
-
-    @property
-    def summary(self) -> str:
-        return f"{self.requests} requests, {len(self.failures)} failed, {len(self.reloads)} reloads"
+DEFAULT_RELOADS = 10
+DEFAULT_DURATION = 15.0
+DEFAULT_OUTPUT = os.path.join(tempfile.gettempdir(), "gapless-demo")
 
 
 def run_demo(
-    *, reloads: int = 10, interval: float = 0.5, clients: int = 4, out: TextIO = sys.stdout
-) -> DemoReport:
-    """Run the demo: ``reloads`` upgrades ``interval`` seconds apart under load."""
-    _become_subreaper()
-    report = DemoReport()
-    listener = open_listener(parse_bind("127.0.0.1:0"))
-    port = listener_address(listener).port  # type: ignore[union-attr]
-    with NotifyReceiver() as receiver, _demo_server(listener, receiver) as first:
-        started = time.monotonic()
-        _wait_for(receiver, lambda f: f.get("READY") == "1", timeout=30.0)
-        report.cold_start_ms = (time.monotonic() - first.started) * 1000
-        print(
-            f"demo server pid {first.pid} ready on 127.0.0.1:{port} "
-            f"(cold start {report.cold_start_ms:.0f} ms)",
-            file=out,
-        )
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=_client, args=(port, stop, report)) for _ in range(clients)
-        ]
-        for thread in threads:
-            thread.start()
-        pid = first.pid
-        for number in range(1, reloads + 1):
-            stop.wait(interval)
-            timing = _reload(pid, port, receiver, report)
-            report.reloads.append(timing)
-            print(
-                f"reload {number:2}: pid {timing.old_pid} -> {timing.new_pid}, "
-                f"successor ready after {timing.ready_ms:.0f} ms, "
-                f"old process exited after {timing.old_exit_ms:.0f} ms",
-                file=out,
-            )
-            pid = timing.new_pid
-        stop.wait(interval)
-        stop.set()
-        for thread in threads:
-            thread.join()
-        os.kill(pid, signal.SIGTERM)
-        _wait_exit(pid, timeout=30.0)
-        elapsed = time.monotonic() - started
-    _print_report(report, elapsed, out)
-    return report
+    *,
+    reloads: int = DEFAULT_RELOADS,
+    duration: float = DEFAULT_DURATION,
+    output: str = DEFAULT_OUTPUT,
+    wrk: bool | None = None,
+    out: TextIO = sys.stdout,
+) -> Summary:
+    """Run the demo server under load through ``reloads`` evenly spaced upgrades.
 
+    Args:
+        reloads: how many SIGUSR2 upgrades.
+        duration: seconds of load (longer if the reloads run late).
+        output: the directory for the JSON result and the PNG timeline.
+        wrk: use wrk alongside the prober; None: when it is installed.
+        out: where the report goes.
 
-def _reload(pid: int, port: int, receiver: NotifyReceiver, report: DemoReport) -> ReloadTiming:
-    old = os.pidfd_open(pid)
-    slow = threading.Thread(target=_slow_request, args=(port, report))
-    slow.start()
-    try:
-        signalled = time.monotonic()
-        os.kill(pid, signal.SIGUSR2)
-        fields = _wait_for(
-            receiver, lambda f: f.get("READY") == "1" and "MAINPID" in f, timeout=60.0
-        )
-        ready = time.monotonic()
-        select.select([old], [], [], 60.0)
-        exited = time.monotonic()
-    finally:
-        os.close(old)
-    _reap()
-    slow.join()
-    return ReloadTiming(
-        pid, int(fields["MAINPID"]), (ready - signalled) * 1000, (exited - signalled) * 1000
+    Returns:
+        The run's summary; ``summary.failed`` counts every failed request.
+
+    Raises:
+        BenchError: the demo server did not start or a reload did not complete.
+        OSError: ``output`` cannot be written.
+    """
+    print(
+        f"gapless demo: python -m gapless.demo under {duration:g} s of load, upgraded "
+        f"{reloads} times with SIGUSR2; every request is counted",
+        file=out,
+        flush=True,
     )
-
-
-@contextmanager
-def _demo_server(listener: object, receiver: NotifyReceiver) -> Iterator[Child]:
-    env = dict(os.environ, NOTIFY_SOCKET=receiver.address)
-    argv = [sys.executable, "-m", "gapless.demo", "--quiet", "--bind", "demo=127.0.0.1:0"]
-    child = spawn(argv, listeners=[listener], names=["demo"], env=env)  # type: ignore[list-item]
-    try:
-        yield child
-    finally:
-        with suppress(OSError):
-            child.send_signal(signal.SIGKILL)  # a pidfd: harmless once it is gone
-        child.close()
-        _reap()
-
-
-def _wait_for(receiver: NotifyReceiver, accept: object, timeout: float) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while (remaining := deadline - time.monotonic()) > 0:
-        if not select.select([receiver], [], [], remaining)[0]:
-            break
-        message = receiver.receive()
-        if message is not None and accept(dict(message.fields)):  # type: ignore[operator]
-            return dict(message.fields)
-    raise TimeoutError(f"the demo server sent no expected notification within {timeout:g} s")
-
-
-def _wait_exit(pid: int, timeout: float) -> None:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    _reap()
-
-
-def _client(port: int, stop: threading.Event, report: DemoReport) -> None:
-    while not stop.is_set():
-        report.record(*_request(port, "/"))
-
-
-def _slow_request(port: int, report: DemoReport) -> None:
-    latency, error = _request(port, "/?duration=300ms")
-    report.record(latency, error)
-    if error is None:
-        with report.lock:
-            report.slow_ok += 1
-
-
-def _request(port: int, path: str) -> tuple[float, str | None]:
-    started = time.monotonic()
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        response.read()
-        error = None if response.status == 200 else f"status {response.status}"
-    except (OSError, http.client.HTTPException) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    finally:
-        connection.close()
-    return time.monotonic() - started, error
-
-
-def _print_report(report: DemoReport, elapsed: float, out: TextIO) -> None:
-    ready = [r.ready_ms for r in report.reloads]
-    if ready:
-        print(
-            f"successor ready after a signal: median {statistics.median(ready):.0f} ms, "
-            f"max {max(ready):.0f} ms (the demo's cold start alone: {report.cold_start_ms:.0f} ms)",
-            file=out,
-        )
-    if report.latencies:
-        latencies = sorted(report.latencies)
-        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-        print(
-            f"latency p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; "
-            f"{report.slow_ok} slow requests spanning a reload completed; "
-            f"{report.requests / elapsed:.0f} requests/s",
-            file=out,
-        )
-    for failure in report.failures[:10]:
-        print(f"failed: {failure}", file=out)
-    print(report.summary, file=out)
-
-
-def _become_subreaper() -> None:
-    """Orphaned old generations become our children, so we can reap them."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    config = BenchConfig(strategy="library", reloads=reloads, duration=duration, wrk=wrk)
+    result = run_bench(config)
+    summary = summarize(result)
+    os.makedirs(output, exist_ok=True)
+    stem = os.path.join(output, f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_json(result, summary, stem + ".json")
+    missing = write_png(result, summary, stem + ".png")
+    result.notes.append(f"result {stem}.json; " + (missing or f"timeline {stem}.png"))
+    print(format_summary(result, summary), file=out, flush=True)
+    return summary

@@ -112,7 +112,7 @@ class _Leader:
             self.hooks.run("after_shutdown")
         return self.exit_code
 
-    def _fork(self, work: Callable[[], int]) -> None:
+    def _fork(self, work: Callable[[], int]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
@@ -123,6 +123,7 @@ class _Leader:
         self.workers[pid] = pidfd
         self.work_of[pid] = work
         self.selector.register(pidfd, selectors.EVENT_READ, lambda _: self._on_exit(pid))
+        return pid
 
     def _become_worker(self, parent: int, work: Callable[[], int]) -> None:
         code = _EXIT_STARTUP
@@ -205,8 +206,8 @@ class _Leader:
             self.failed = True
             self._stop()  # the ready ones may hold connections already: they drain
         elif was_ready:
-            logger.warning("worker %d %s; starting another", pid, what)
-            self._fork(work)
+            replacement = self._fork(work)
+            logger.warning("worker %d %s; started worker %d in its place", pid, what, replacement)
         else:
             logger.error("worker %d %s before it was ready; not replaced", pid, what)
 
