@@ -43,9 +43,10 @@ def one(count: int, ms: int) -> tuple[int, float, float, int]:
     """Complete responses, seconds from SIGTERM to the body-due time and to the exit,
     and generation 1's exit code."""
     with Handover(
-        runner_argv("serve_app:app", "--limit-concurrency", str(count + 100))
+        runner_argv(
+            "serve_app:app", "--limit-concurrency", str(count + 100), "--log-level", "warning"
+        )
     ) as handover:
-        handover.capture_stderr = True  # unread: uvicorn's few log lines, not the table's
         first = handover.start()
         streaming = send_requests(handover.port, count, f"/stream?ms={ms}")
         buffers: dict[socket.socket, bytes] = {}

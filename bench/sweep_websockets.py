@@ -38,9 +38,15 @@ def one(count: int, grace: float) -> tuple[Counter[int], int, float, float, int]
     """Close codes (1006 for a connection ended without a close frame), clients told
     ``restarting``, seconds from SIGTERM to the last close and to the exit, and
     generation 1's exit code."""
-    options = ("--ws-grace", str(grace), "--limit-concurrency", str(count + 100))
+    options = (
+        "--ws-grace",
+        str(grace),
+        "--limit-concurrency",
+        str(count + 100),
+        "--log-level",
+        "warning",
+    )
     with Handover(runner_argv("serve_app:app", *options)) as handover:
-        handover.capture_stderr = True  # unread: uvicorn's few log lines, not the table's
         first = handover.start()
         clients = open_websockets(handover.port, count)
         handover.start()  # generation 2 is READY; generation 1 has SIGTERM

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gapless {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(commands)
-    serve_cli.add_parser(commands)
+    _add_restart_options(serve_cli.add_parser(commands))
     commands.add_parser(
         "bench",
         help="measure failed requests, latency and reload time under load",
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(parser, args)
         if args.command == "serve":
-            return serve_cli.run(args)
+            return serve_cli.run(args, _restart_settings(args))
         if args.command in ("reload", "status", "stop", "upgrade"):
             return _control(args)
         if args.command == "demo":
@@ -213,16 +213,23 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         stop_signal=args.stop_signal,
         log_format=args.log_format,
-        handoff_path=_handoff_path(args),
-        handoff_timeout=args.handoff_timeout,
-        shutdown_delay=args.shutdown_delay,
-        health_bind=args.health_bind,
+        **_restart_settings(args),
     )
     if config.handoff_path is not None:
         from .front import run_front
 
         return run_front(config)
     return Manager(config).run()
+
+
+def _restart_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ManagerConfig fields of the restart options, shared by run and serve."""
+    return {
+        "handoff_path": _handoff_path(args),
+        "handoff_timeout": args.handoff_timeout,
+        "shutdown_delay": args.shutdown_delay,
+        "health_bind": args.health_bind,
+    }
 
 
 def _handoff_path(args: argparse.Namespace) -> str | None:

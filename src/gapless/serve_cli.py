@@ -29,6 +29,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from .addresses import Bind, parse_bind
@@ -56,8 +57,8 @@ Started with inherited sockets (LISTEN_FDS, e.g. under `gapless run` or systemd)
 it serves as one generation instead, and --bind is refused."""
 
 
-def add_parser(subparsers: Any) -> None:
-    """Add ``serve`` to the ``gapless`` command's subparsers."""
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``serve`` to the ``gapless`` command's subparsers; return its parser."""
     serve = subparsers.add_parser(
         "serve",
         help="serve a Python web application, reloaded without losing a request",
@@ -76,6 +77,7 @@ def add_parser(subparsers: Any) -> None:
         help="kill a generation not ready by then (default 60)",
     )  # fmt: skip
     serve.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="default text")
+    return serve  # type: ignore[no-any-return]
 
 
 def inherited(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
@@ -89,7 +91,7 @@ def child_command(args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "gapless.serve_child", *child_argv(args)]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> int:
     """Run ``gapless serve`` as parsed; returns the exit code (2: a misuse).
 
     Raises:
@@ -128,7 +130,12 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout + DRAIN_MARGIN,
         stop_signal=signal.SIGTERM,
         log_format=args.log_format,
+        **(restarts or {}),
     )
+    if config.handoff_path is not None:
+        from .front import run_front
+
+        return run_front(config)
     return Manager(config).run()
 
 
