@@ -15,6 +15,7 @@ and generation 1's exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import socket
 import sys
@@ -33,6 +34,12 @@ from serve_harness import (
 )
 
 
+def low_fds(count: int = 16) -> list[int]:
+    """Hold ``count`` low fd numbers; closed before the handover, they go to its pidfd
+    and pipes, which the harness select()s on (select takes fds below 1024 only)."""
+    return [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+
+
 def raise_nofile(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
@@ -48,11 +55,14 @@ def one(count: int, ms: int) -> tuple[int, float, float, int]:
         )
     ) as handover:
         first = handover.start()
+        reserved = low_fds()
         streaming = send_requests(handover.port, count, f"/stream?ms={ms}")
         buffers: dict[socket.socket, bytes] = {}
         timeout = 60 + count / 100
         read_until(streaming, head_complete, buffers, timeout=timeout)
         due = time.monotonic() + ms / 1000  # the last body is due no earlier than this
+        for fd in reserved:
+            os.close(fd)
         handover.start()  # generation 2 is READY; generation 1 has SIGTERM
         terminated = time.monotonic()
         read_until(streaming, response_complete, buffers, timeout=timeout)

@@ -16,6 +16,7 @@ close frame, and generation 1's exit.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -26,6 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import serve_harness
 from serve_harness import Handover, open_websockets, pump_websockets, runner_argv
+
+
+def low_fds(count: int = 16) -> list[int]:
+    """Hold ``count`` low fd numbers; closed before the handover, they go to its pidfd
+    and pipes, which the harness select()s on (select takes fds below 1024 only)."""
+    return [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
 
 
 def raise_nofile(needed: int) -> None:
@@ -48,7 +55,10 @@ def one(count: int, grace: float) -> tuple[Counter[int], int, float, float, int]
     )
     with Handover(runner_argv("serve_app:app", *options)) as handover:
         first = handover.start()
+        reserved = low_fds()
         clients = open_websockets(handover.port, count)
+        for fd in reserved:
+            os.close(fd)
         handover.start()  # generation 2 is READY; generation 1 has SIGTERM
         terminated = time.monotonic()
         pump_websockets(clients, lambda client: client.close_code is not None)

@@ -57,8 +57,8 @@ MISUSES: list[tuple[list[str], str]] = [
     (["demo", "--reloads", "x"], "argument --reloads: 'x' is not a whole number"),
     (["demo", "--interval", "-1"], "argument --interval: '-1' is not a"),
     (["demo", "--interval", "nan"], "argument --interval: 'nan' is not a"),
-    (["demo", "--clients", "0"], "argument --clients: '0' must be at least 1"),
-    (["demo", "--clients"], "argument --clients: expected one argument"),
+    (["demo", "--duration", "0"], "argument --duration: '0' is not a positive number"),
+    (["demo", "--output"], "argument --output: expected one argument"),
     (["demo", "extra"], "unrecognized arguments: extra"),
 ]
 

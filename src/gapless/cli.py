@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--reloads", type=_positive_int, default=10, help="default 10")
     length = demo.add_mutually_exclusive_group()
-    length.add_argument("--duration", type=_delay, help="seconds of load (default 15)")
-    length.add_argument("--interval", type=_delay, help="or: seconds between reloads")
+    length.add_argument("--duration", type=_seconds, help="seconds of load (default 15)")
+    length.add_argument("--interval", type=_seconds, help="or: seconds between reloads")
     demo.add_argument("--output", metavar="DIR", help="for the JSON and PNG (default: a temp dir)")
     demo.add_argument("--no-wrk", dest="wrk", action="store_const", const=False, help="prober only")
     return parser
