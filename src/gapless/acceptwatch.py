@@ -56,6 +56,8 @@ import struct
 import sys
 from collections.abc import Collection, Mapping
 
+from .procfs import stat_fields
+
 __all__ = ["accepting", "socket_inode"]
 
 # Syscall numbers per machine: (accept, accept4), (poll, ppoll), (select, pselect6).
@@ -130,14 +132,8 @@ def _tree(root_pid: int) -> list[int]:
 
 
 def _ppid(pid: str) -> int | None:
-    stat = _read(f"/proc/{pid}/stat")
-    # The command name may hold spaces and parentheses; the fields after its last ')'
-    # are "state ppid ...".
-    fields = stat.rpartition(b")")[2].split()
-    try:
-        return int(fields[1])
-    except (IndexError, ValueError):
-        return None
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields is not None and fields[1].isdigit() else None
 
 
 def _process_accepts(pid: int, targets: Mapping[str, int]) -> bool:

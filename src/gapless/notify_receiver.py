@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .errors import NotifyError
 from .notify import MAX_MESSAGE, notify_sockaddr, parse_message
+from .procfs import stat_fields
 
 __all__ = ["Notification", "NotifyReceiver", "in_process_tree"]
 
@@ -230,11 +231,5 @@ def in_process_tree(pid: int, root: int) -> bool:
 
 def _parent_pid(pid: int) -> int:
     """ppid from /proc/<pid>/stat, or 0 if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    # comm (field 2) may hold spaces and ')': the fields after the last ')' are fixed.
-    fields = stat.rpartition(b")")[2].split()
-    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields is not None and fields[1].isdigit() else 0

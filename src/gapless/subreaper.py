@@ -15,7 +15,8 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import os
+
+from .procfs import all_stats
 
 __all__ = ["group_members", "set_child_subreaper"]
 
@@ -44,17 +45,7 @@ def group_members(pgid: int) -> list[int]:
     Returns:
         Their pids; ``[]`` when the group is empty. Read from /proc, on demand only.
     """
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue  # gone meanwhile
-        # comm (field 2) may hold spaces and ')': the fields after the last ')' are fixed.
-        fields = stat.rpartition(b")")[2].split()
-        if len(fields) > 2 and fields[0] != b"Z" and fields[2] == b"%d" % pgid:
-            members.append(int(name))
+    members = [
+        pid for pid, fields in all_stats() if fields[0] != b"Z" and fields[2] == b"%d" % pgid
+    ]
     return sorted(members, key=lambda pid: (pid != pgid, pid))

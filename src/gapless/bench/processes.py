@@ -27,6 +27,7 @@ from collections.abc import Collection, Iterable
 
 from ..addresses import TcpAddress
 from ..errors import BenchError
+from ..procfs import all_stats
 
 __all__ = [
     "LISTENING",
@@ -246,18 +247,9 @@ def wait_new_pid(address: TcpAddress, old: Collection[int], timeout: float) -> i
 def _parents() -> dict[int, int]:
     """pid -> parent pid of every live process; zombies are left out."""
     parents = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue  # gone meanwhile
-        # comm may hold spaces and ')': the fields after the last ')' are "state ppid ...".
-        fields = stat.rpartition(b")")[2].split()
-        if len(fields) > 1 and fields[0] != b"Z" and fields[1].isdigit():
-            parents[int(name)] = int(fields[1])
+    for pid, fields in all_stats():
+        if fields[0] != b"Z" and fields[1].isdigit():
+            parents[pid] = int(fields[1])
     return parents
 
 
