@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,18 +36,26 @@ class DemoHandler(BaseHTTPRequestHandler):
         try:
             duration = parse_duration(parse_qs(urlsplit(self.path).query).get("duration", ["0"])[0])
         except ValueError as exc:
-            self._reply(400, f"{exc}\n")
+            self._reply(400, f"{exc}\n")()
             return
+        # The headers go out at once, the body after the work: a client can tell
+        # that its slow request is being served before it completes.
+        send_body = self._reply(200, f"pid {os.getpid()} slept {duration:g}s\n")
         time.sleep(duration)  # the request's own work, not synchronisation
-        self._reply(200, f"pid {os.getpid()} slept {duration:g}s\n")
+        send_body()
 
-    def _reply(self, status: int, body: str) -> None:
+    def _reply(self, status: int, body: str) -> Callable[[], None]:
+        """Send the status and headers now; return what sends the body."""
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+
+        def send_body() -> None:
+            self.wfile.write(data)
+
+        return send_body
 
     def log_message(self, format: str, *args: object) -> None:
         pass
