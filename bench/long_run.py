@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gapless.control import call
+from gapless.run.control import call
 
 TIMEOUT = 30.0
 

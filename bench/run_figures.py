@@ -51,8 +51,8 @@ from manager_harness import Manager, app, running
 from run_load import WRK, Wrk
 from run_servers import BIN, ENV, SERVERS, reload_under_load, wait_drained
 
-from gapless.control import call
-from gapless.notify import NotifyReceiver
+from gapless.run.control import call
+from gapless.systemd.notify import NotifyReceiver
 
 READY_CHILD = app("run_ready.py")
 UVICORN = [str(BIN / "uvicorn"), "--no-access-log", "run_app:asgi"]

@@ -41,7 +41,7 @@ from manager_harness import Manager, gapless_argv
 from serve_bench import Measure, free_port, measure, plain_uvicorn
 from serve_harness import APPS
 
-from gapless.control import call
+from gapless.run.control import call
 
 PYTHON = sys.executable
 

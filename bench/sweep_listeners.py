@@ -27,8 +27,8 @@ import tempfile
 import time
 
 from gapless.bench.notifications import DiscardingReader, wait_notification
-from gapless.control import call
-from gapless.notify_receiver import NotifyReceiver
+from gapless.run.control import call
+from gapless.systemd.notify_receiver import NotifyReceiver
 
 # A generation: tell the manager it is ready, then wait for TERM (the default action).
 GENERATION = (

@@ -20,7 +20,7 @@ from typing import Any
 
 from harness import get
 
-from gapless.control import call
+from gapless.run.control import call
 
 APPS = Path(__file__).parent / "apps"
 TIMEOUT = 15.0

@@ -19,7 +19,7 @@ from pathlib import Path
 from manager_harness import APPS, PYTHON, Manager, Prober
 from run_load import WRK, Wrk, WrkReport
 
-from gapless.control import call
+from gapless.run.control import call
 
 BIN = Path(sys.executable).parent
 RELOAD_TIMEOUT = 60.0  # a busy CI machine takes seconds to start a Python server

@@ -1,7 +1,7 @@
 """Handovers the way the manager performs them, and load that counts every failure.
 
 A :class:`Handover` holds one listening socket and a notify socket, spawns
-generations with :func:`gapless.process.spawn`, waits for each one's READY=1
+generations with :func:`gapless.proc.spawn.spawn`, waits for each one's READY=1
 (or, for servers that speak no notify protocol, for it to accept on the socket),
 then SIGTERMs the previous one. :class:`Wrk` and :class:`Prober` load the socket
 meanwhile and report every failed request by class.
@@ -32,11 +32,11 @@ import wsproto
 import wsproto.events
 import wsproto.utilities
 
-from gapless.acceptwatch import accepting, socket_inode
-from gapless.addresses import parse_bind
-from gapless.listeners import open_listener
-from gapless.notify import Notification, NotifyReceiver
-from gapless.process import Child, spawn
+from gapless.proc.spawn import Child, spawn
+from gapless.run.acceptwatch import accepting, socket_inode
+from gapless.sockets.addresses import parse_bind
+from gapless.sockets.listeners import open_listener
+from gapless.systemd.notify import Notification, NotifyReceiver
 
 APPS = Path(__file__).parent / "apps"
 TIMEOUT = 20.0
@@ -44,7 +44,7 @@ TIMEOUT = 20.0
 
 def runner_argv(app: str, *options: str) -> list[str]:
     """The gapless serve child for ``app`` (a module in tests/apps)."""
-    return [sys.executable, "-m", "gapless.serve_child", app, "--no-access-log", *options]
+    return [sys.executable, "-m", "gapless.serve.child", app, "--no-access-log", *options]
 
 
 class Handover:

@@ -1,4 +1,4 @@
-"""gapless.acceptwatch with real processes: each way of waiting, trees, servers, vanished pids."""
+"""gapless.run.acceptwatch with real processes: each way of waiting, trees, vanished pids."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gapless.acceptwatch import accepting, socket_inode
-from gapless.process import Child, spawn
+from gapless.proc.spawn import Child, spawn
+from gapless.run.acceptwatch import accepting, socket_inode
 
 TIMEOUT = 10.0
 APPS = Path(__file__).parent / "apps"

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gapless.addresses import Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
 from gapless.errors import BindError
+from gapless.sockets.addresses import Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
 
 V4, V6, ANY = socket.AF_INET, socket.AF_INET6, socket.AF_UNSPEC
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from gapless.addresses import TcpAddress
 from gapless.bench.cli import main
 from gapless.bench.prober import Prober, ProberConfig, Sample
 from gapless.bench.report import summarize
@@ -24,6 +23,7 @@ from gapless.bench.strategies import make_strategy
 from gapless.bench.strategy import ReloadTiming
 from gapless.bench.wrk import WrkRun, parse_report, wrk_path
 from gapless.errors import BenchError
+from gapless.sockets.addresses import TcpAddress
 
 SUMMARY = re.compile(r"^(\d+) requests, (\d+) failed, (\d+) reloads$")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from manager_harness import TIMEOUT, app, running
 
-from gapless.connections import ConnectionCounter, held_socket_inodes
+from gapless.sockets.connections import ConnectionCounter, held_socket_inodes
 
 
 @pytest.fixture

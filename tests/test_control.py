@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from gapless.control import (
+from gapless.errors import ControlError, NoManagerError
+from gapless.run.control import (
     CommandTable,
     ControlConnection,
     ControlServer,
@@ -28,7 +29,6 @@ from gapless.control import (
     progress,
     reply,
 )
-from gapless.errors import ControlError, NoManagerError
 
 TIMEOUT = 10.0
 

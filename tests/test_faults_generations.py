@@ -20,7 +20,8 @@ from typing import Any
 from harness import alive, wait_exit
 from manager_harness import TIMEOUT, Manager, Prober, app, running, write_command
 
-from gapless.generations import (
+from gapless.proc.spawn import ExitStatus
+from gapless.run.generations import (
     CRASH_LIMIT,
     CRASH_WINDOW,
     Boot,
@@ -32,7 +33,6 @@ from gapless.generations import (
     ReportReload,
     Spawn,
 )
-from gapless.process import ExitStatus
 
 NOTIFY = ("--ready", "notify")
 

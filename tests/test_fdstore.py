@@ -1,4 +1,4 @@
-"""systemd's fd store (gapless.fdstore): the test plays systemd with a NotifyReceiver
+"""systemd's fd store (gapless.systemd.fdstore): the test plays systemd with a NotifyReceiver
 that keeps the fds, then restarts the manager as ``systemctl restart`` does: stop,
 then start with the stored sockets as LISTEN_FDS. No connection is refused."""
 
@@ -15,9 +15,9 @@ import pytest
 from manager_harness import DEMO, TIMEOUT, Prober, gapless_argv, running
 from restart_harness import Lines, kill_everything_named
 
-from gapless.fdstore import fd_store_size, given_back_names, store_listeners
-from gapless.notify import Notification, NotifyReceiver
-from gapless.process import Child, spawn
+from gapless.proc.spawn import Child, spawn
+from gapless.systemd.fdstore import fd_store_size, given_back_names, store_listeners
+from gapless.systemd.notify import Notification, NotifyReceiver
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from manager_harness import TIMEOUT, Manager, Prober, app, running
 from test_fuzz_notify import stable
 
-from gapless.control import MAX_LINE
+from gapless.run.control import MAX_LINE
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from manager_harness import Prober, app, running, write_command
 
-from gapless.notify import MAX_MESSAGE
+from gapless.systemd.notify import MAX_MESSAGE
 
 NOTIFY = ("--ready", "notify")
 IGNORED = r"ignored a notify datagram"

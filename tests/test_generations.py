@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gapless.generations import (
+from gapless.proc.spawn import ExitStatus
+from gapless.run.generations import (
     LIVE,
     Action,
     Activated,
@@ -35,7 +36,6 @@ from gapless.generations import (
     StopNow,
     StopRequested,
 )
-from gapless.process import ExitStatus
 
 G = GenState
 NOW = 100.0

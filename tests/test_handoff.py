@@ -1,4 +1,4 @@
-"""The handoff socket (gapless.handoff): sockets and their names pass between two
+"""The handoff socket (gapless.sockets.handoff): sockets and their names pass between two
 processes over SCM_RIGHTS, 253 at most per message, between peers of one uid."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gapless.errors import HandoffError
-from gapless.handoff import MAX_FDS_PER_MESSAGE, HandoffServer, HandoffSession, chunks
-from gapless.takeover import take_sockets
+from gapless.sockets.handoff import MAX_FDS_PER_MESSAGE, HandoffServer, HandoffSession, chunks
+from gapless.sockets.takeover import take_sockets
 
 TIMEOUT = 10.0
 

@@ -1,4 +1,4 @@
-"""The readiness endpoint (gapless.health): 503 starting, 200 serving, 503 draining."""
+"""The readiness endpoint (gapless.run.health): 503 starting, 200 serving, 503 draining."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gapless.addresses import TcpAddress, parse_bind
-from gapless.health import HealthEndpoint
+from gapless.run.health import HealthEndpoint
+from gapless.sockets.addresses import TcpAddress, parse_bind
 
 TIMEOUT = 10.0
 

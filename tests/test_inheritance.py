@@ -19,9 +19,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gapless.addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
 from gapless.errors import InheritanceError
-from gapless.inheritance import (
+from gapless.sockets.addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
+from gapless.sockets.listeners import listener_address, open_listener
+from gapless.systemd.listen_fds import (
     InheritedFd,
     MatchPlan,
     consume_listen_fds,
@@ -29,7 +30,6 @@ from gapless.inheritance import (
     match_binds,
     read_listen_fds,
 )
-from gapless.listeners import listener_address, open_listener
 
 VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 PID = 4242
@@ -169,7 +169,7 @@ def test_consume_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None
 _CHILD = textwrap.dedent(
     """
     import json, os, stat, subprocess, sys
-    from gapless.inheritance import consume_listen_fds
+    from gapless.systemd.listen_fds import consume_listen_fds
 
     def sockets_open():
         found = []

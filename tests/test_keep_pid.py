@@ -1,4 +1,4 @@
-"""Library mode keeping its PID (Upgrader(keep_pid=True), gapless.keeper): the started
+"""Library mode keeping its PID (Upgrader(keep_pid=True), gapless.library.keeper): the started
 process stays the one systemd, a PID file and signals follow, across upgrades."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from harness import Reply, Supervised, alive, app_argv, get, start, wait_exit
 from manager_harness import Prober
 
-from gapless.notify import Notification
+from gapless.systemd.notify import Notification
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from gapless.addresses import Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
 from gapless.errors import (
     AddressInUseError,
     AdoptError,
@@ -22,7 +21,8 @@ from gapless.errors import (
     ListenPermissionError,
     UnixPathTooLongError,
 )
-from gapless.listeners import (
+from gapless.sockets.addresses import Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
+from gapless.sockets.listeners import (
     adopt_listener,
     listener_address,
     open_listener,
@@ -183,8 +183,8 @@ _AS_NOBODY = textwrap.dedent(
     """
     import encodings.idna  # getaddrinfo imports it lazily; nobody cannot read our venv
     import json, os, sys
-    from gapless.addresses import parse_bind
-    from gapless.listeners import open_listener
+    from gapless.sockets.addresses import parse_bind
+    from gapless.sockets.listeners import open_listener
     os.setgroups([]); os.setgid(65534); os.setuid(65534)
     try:
         open_listener(parse_bind(sys.argv[1]))

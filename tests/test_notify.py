@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gapless.errors import NotifyError
-from gapless.notify import (
+from gapless.systemd.notify import (
     MAX_MESSAGE,
     Notification,
     NotifyReceiver,
@@ -33,7 +33,9 @@ SYSTEMD_NOTIFY = "/usr/bin/systemd-notify"
 
 # Sends READY=1 with STATUS=argv[1], then stays alive until its stdin closes, so
 # that its pid can still be placed in the process tree when the test looks.
-SENDER = "import sys; from gapless.notify import ready; ready(sys.argv[1]); sys.stdin.read()"
+SENDER = (
+    "import sys; from gapless.systemd.notify import ready; ready(sys.argv[1]); sys.stdin.read()"
+)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gapless.errors import PidFileError
-from gapless.pidfile import read_pid_file, remove_pid_file, write_pid_file
+from gapless.proc.pidfile import read_pid_file, remove_pid_file, write_pid_file
 
 TIMEOUT = 10.0
 

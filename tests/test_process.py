@@ -1,4 +1,4 @@
-"""gapless.process with real children: fds, LISTEN_* env, signals, groups, reaping."""
+"""gapless.proc.spawn with real children: fds, LISTEN_* env, signals, groups, reaping."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gapless.errors import InheritanceError, SuccessorSpawnError
-from gapless.process import Child, ExitStatus, StderrTail, spawn
+from gapless.proc.spawn import Child, ExitStatus, StderrTail, spawn
 
 TIMEOUT = 10.0
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from gapless.procfs import all_stats, stat_fields
+from gapless.proc.procfs import all_stats, stat_fields
 
 
 def test_a_command_name_with_spaces_and_parentheses_is_parsed_after_its_last_paren() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gapless.protocol import (
+from gapless.library.lifecycle import (
     Action,
     AnnounceReady,
     BeginDrain,

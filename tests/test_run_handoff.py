@@ -15,8 +15,8 @@ import pytest
 from manager_harness import TIMEOUT, Prober, app, gapless_argv
 from restart_harness import Lines, SlowRequest, instances, port_of
 
-from gapless.control import call
-from gapless.pidfile import read_pid_file
+from gapless.proc.pidfile import read_pid_file
+from gapless.run.control import call
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from manager_harness import Manager, gapless_argv, running
 from serve_harness import APPS, TIMEOUT, Prober, open_websockets, pump_websockets
 
-from gapless.control import call
+from gapless.run.control import call
 
 
 def test_serve_from_python_is_its_own_manager_and_reloads(tmp_path: Path) -> None:

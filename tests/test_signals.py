@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gapless.errors import SignalsError
-from gapless.signals import SignalCapture, SignalDispatcher, parse_signal
+from gapless.proc.signals import SignalCapture, SignalDispatcher, parse_signal
 
 TIMEOUT = 10.0
 USR1, USR2 = signal.SIGUSR1, signal.SIGUSR2

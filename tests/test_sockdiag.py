@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from gapless.sockdiag import tcp_connections
+from gapless.sockets.sockdiag import tcp_connections
 
 
 def inode(sock: socket.socket) -> int:

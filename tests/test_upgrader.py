@@ -25,7 +25,7 @@ from gapless import (
     Upgrader,
     UpgradeRefusedError,
 )
-from gapless.listeners import listener_address
+from gapless.sockets.listeners import listener_address
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     AddressInUseError,
     AdoptError,
@@ -54,40 +55,39 @@ from .errors import (
     UpgradeRefusedError,
 )
 
-# Imported here, not lazily: importing the submodule gapless.notify later would
-# otherwise leave the name ``gapless.notify`` bound to the module, not the function.
-from .notify import Notification, NotifyReceiver, notify, ready
+# Imported eagerly: the client is what most generations need, and it is small.
+from .systemd.notify import Notification, NotifyReceiver, notify, ready
 
 if TYPE_CHECKING:
-    from .addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
     from .hooks import Hooks
-    from .inheritance import consume_listen_fds, listen_env
     from .integrations.asyncio_server import AsyncioLife, serve_asyncio
     from .integrations.common import ServeOptions
-    from .listeners import adopt_listener, open_listener
-    from .serving import serve
-    from .upgrader import DEFAULT_SIGNALS, Upgrader
+    from .library.upgrader import DEFAULT_SIGNALS, Upgrader
+    from .serve.api import serve
+    from .sockets.addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
+    from .sockets.listeners import adopt_listener, open_listener
+    from .systemd.listen_fds import consume_listen_fds, listen_env
 
 # The rest loads on first use: every generation a manager starts imports gapless,
 # and a server that needs only the notify client should not pay for asyncio.
 _LAZY = {
-    "Address": "addresses",
-    "Bind": "addresses",
-    "FdAddress": "addresses",
-    "TcpAddress": "addresses",
-    "UnixAddress": "addresses",
-    "parse_bind": "addresses",
+    "Address": "sockets.addresses",
+    "Bind": "sockets.addresses",
+    "FdAddress": "sockets.addresses",
+    "TcpAddress": "sockets.addresses",
+    "UnixAddress": "sockets.addresses",
+    "parse_bind": "sockets.addresses",
     "Hooks": "hooks",
-    "consume_listen_fds": "inheritance",
-    "listen_env": "inheritance",
+    "consume_listen_fds": "systemd.listen_fds",
+    "listen_env": "systemd.listen_fds",
     "AsyncioLife": "integrations.asyncio_server",
     "serve_asyncio": "integrations.asyncio_server",
     "ServeOptions": "integrations.common",
-    "adopt_listener": "listeners",
-    "open_listener": "listeners",
-    "serve": "serving",
-    "DEFAULT_SIGNALS": "upgrader",
-    "Upgrader": "upgrader",
+    "adopt_listener": "sockets.listeners",
+    "open_listener": "sockets.listeners",
+    "serve": "serve.api",
+    "DEFAULT_SIGNALS": "library.upgrader",
+    "Upgrader": "library.upgrader",
 }
 
 
@@ -99,8 +99,6 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_SIGNALS",

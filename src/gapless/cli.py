@@ -28,10 +28,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__, serve_cli
-from .addresses import Bind, parse_bind
+from ._version import __version__
 from .errors import GaplessError
-from .eventlog import LOG_FORMATS
+from .run.eventlog import LOG_FORMATS
+from .serve import cli as serve_cli
+from .sockets.addresses import Bind, parse_bind
 
 EXIT_USAGE = 2
 
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo_run import DEFAULT_DURATION, DEFAULT_OUTPUT, run_demo
+    from .demo.run import DEFAULT_DURATION, DEFAULT_OUTPUT, run_demo
 
     duration = DEFAULT_DURATION if args.duration is None else args.duration
     if args.interval is not None:
@@ -198,7 +199,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .manager import Manager, ManagerConfig
+    from .run.manager import Manager, ManagerConfig
 
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
@@ -216,7 +217,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         **_restart_settings(args),
     )
     if config.handoff_path is not None:
-        from .front import run_front
+        from .run.front import run_front
 
         return run_front(config)
     return Manager(config).run()
@@ -235,7 +236,7 @@ def _restart_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _handoff_path(args: argparse.Namespace) -> str | None:
     if args.handoff is None or args.handoff:
         return None if args.handoff is None else str(args.handoff)
-    from .control import default_control_path
+    from .run.control import default_control_path
 
     return default_handoff_path(args.control or default_control_path())
 
@@ -246,7 +247,7 @@ def default_handoff_path(control_path: str) -> str:
 
 
 def _control(args: argparse.Namespace) -> int:
-    from .control import call, default_control_path
+    from .run.control import call, default_control_path
 
     path = args.control or default_control_path()
     fields = {"python": args.python} if args.command == "upgrade" and args.python else {}
@@ -332,7 +333,7 @@ def _bind(text: str) -> Bind:
 
 
 def _ready(text: str) -> object:
-    from .manager import ReadyMode
+    from .run.manager import ReadyMode
 
     try:
         return ReadyMode.parse(text)
@@ -367,7 +368,7 @@ def _delay(text: str) -> float:
 
 
 def _signal(text: str) -> signal.Signals:
-    from .signals import parse_signal
+    from .proc.signals import parse_signal
 
     try:
         return parse_signal(text)

@@ -3,7 +3,7 @@
 import signal
 import sys
 
-from gapless.notify import ready
+from gapless.systemd.notify import ready
 
 
 def say(signum: int, frame: object) -> None:

@@ -16,7 +16,7 @@ with open(sys.argv[1] + ".tmp", "w") as file:
     json.dump({"pid": os.getpid(), "fds": fds}, file)
 os.replace(sys.argv[1] + ".tmp", sys.argv[1])
 
-from gapless.notify import ready  # noqa: E402  (after the fds were listed)
+from gapless.systemd.notify import ready  # noqa: E402  (after the fds were listed)
 
 ready()
 while True:

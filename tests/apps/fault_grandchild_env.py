@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 
-from gapless.inheritance import consume_listen_fds
-from gapless.notify import ready
+from gapless.systemd.listen_fds import consume_listen_fds
+from gapless.systemd.notify import ready
 
 REPORT = """
 import json, os

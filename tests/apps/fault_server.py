@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 
-from gapless.notify import ready
+from gapless.systemd.notify import ready
 
 
 def parse() -> argparse.Namespace:

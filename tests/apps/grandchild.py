@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from gapless.notify import ready
+from gapless.systemd.notify import ready
 
 pid = os.fork()
 if pid == 0:

@@ -2,7 +2,7 @@
 
 import signal
 
-from gapless.notify import ready
+from gapless.systemd.notify import ready
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 ready()

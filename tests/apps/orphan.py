@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from gapless.notify import ready
+from gapless.systemd.notify import ready
 
 middle = os.fork()
 if middle == 0:

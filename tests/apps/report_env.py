@@ -7,7 +7,7 @@ import signal
 import socket
 import sys
 
-from gapless.notify import ready
+from gapless.systemd.notify import ready
 
 names = ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "NOTIFY_SOCKET")
 sockets = []

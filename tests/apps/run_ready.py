@@ -3,7 +3,7 @@ bench/run_figures.py subtracts its cold start from a reload's time."""
 
 import signal
 
-from gapless.notify import ready
+from gapless.systemd.notify import ready
 
 ready()
 while True:

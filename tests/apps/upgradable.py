@@ -12,7 +12,7 @@ import sys
 import threading
 
 from gapless import Upgrader
-from gapless.demo import AcceptLoop, DemoServer
+from gapless.demo.server import AcceptLoop, DemoServer
 
 with open(sys.argv[1]) as file:
     config = json.load(file)

@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ..addresses import TcpAddress, parse_bind
 from ..errors import BenchError, GaplessError
+from ..sockets.addresses import TcpAddress, parse_bind
 from .strategies import STRATEGIES
 
 __all__ = ["build_parser", "main"]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import BenchError, NotifyError
-from ..notify_receiver import Notification, NotifyReceiver
+from ..systemd.notify_receiver import Notification, NotifyReceiver
 
 __all__ = ["DiscardingReader", "wait_notification"]
 

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from ..addresses import TcpAddress
+from ..sockets.addresses import TcpAddress
 
 __all__ = ["FAILURES", "OUTCOMES", "Prober", "ProberConfig", "Sample"]
 

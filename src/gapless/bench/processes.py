@@ -25,9 +25,9 @@ import threading
 import time
 from collections.abc import Collection, Iterable
 
-from ..addresses import TcpAddress
 from ..errors import BenchError
-from ..procfs import all_stats
+from ..proc.procfs import all_stats
+from ..sockets.addresses import TcpAddress
 
 __all__ = [
     "LISTENING",

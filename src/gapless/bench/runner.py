@@ -25,8 +25,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..addresses import TcpAddress
 from ..errors import BenchError
+from ..sockets.addresses import TcpAddress
 from .prober import Prober, ProberConfig, Sample
 from .strategies import make_strategy
 from .strategy import ReloadTiming, Strategy

@@ -22,8 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
-from ..addresses import TcpAddress
 from ..errors import BenchError
+from ..sockets.addresses import TcpAddress
 from .processes import (
     LISTENING,
     OutputPump,

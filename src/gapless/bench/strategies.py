@@ -11,7 +11,7 @@ or run it under gapless; those whose server binds by itself are in
 ``run``        ``gapless run`` holds the socket; ``gapless reload`` (the default)
 ``run-notify`` the same with ``--ready notify`` (no /proc polling while starting)
 ``library``    the server adopts LISTEN_FDS and upgrades itself on USR2 (the demo)
-``serve``      ``gapless run`` with ``gapless.serve_child``: uvicorn, a lossless drain
+``serve``      ``gapless run`` with ``gapless.serve.child``: uvicorn, a lossless drain
 ``reuseport``  each generation gets its own SO_REUSEPORT socket, handed over as
                LISTEN_FDS; the new one starts beside the old, then the old goes
 =============  ================================================================
@@ -37,12 +37,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from ..addresses import Bind, TcpAddress
-from ..control import call
 from ..errors import BenchError, GaplessError
-from ..listeners import DEFAULT_BACKLOG, open_listener
-from ..notify_receiver import NotifyReceiver
-from ..process import Child, spawn
+from ..proc.spawn import Child, spawn
+from ..run.control import call
+from ..sockets.addresses import Bind, TcpAddress
+from ..sockets.listeners import DEFAULT_BACKLOG, open_listener
+from ..systemd.notify_receiver import NotifyReceiver
 from .notifications import DiscardingReader, wait_notification
 from .processes import OutputPump, stop_tree, wait_exited, wait_new_pid, workers
 from .strategy import ReloadTiming, Strategy
@@ -227,12 +227,12 @@ class ServeStrategy(RunStrategy):
     name = "serve"
     summary = "gapless serve: gapless run with a drain that loses nothing (uvicorn inside)"
     default_command = (
-        sys.executable, "-m", "gapless.serve_child", "gapless.bench.apps:asgi", "--no-access-log",
+        sys.executable, "-m", "gapless.serve.child", "gapless.bench.apps:asgi", "--no-access-log",
     )  # fmt: skip
 
     def start(self, address: TcpAddress) -> None:
-        if importlib.util.find_spec("gapless.serve_child") is None:
-            raise BenchError("strategy 'serve' needs gapless.serve_child, which is missing")
+        if importlib.util.find_spec("gapless.serve.child") is None:
+            raise BenchError("strategy 'serve' needs gapless.serve.child, which is missing")
         super().start(address)
 
 

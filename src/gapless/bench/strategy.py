@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..addresses import TcpAddress
+from ..sockets.addresses import TcpAddress
 
 __all__ = ["ReloadTiming", "Strategy"]
 

@@ -27,8 +27,8 @@ import tempfile
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
-from ..addresses import TcpAddress
 from ..errors import BenchError
+from ..sockets.addresses import TcpAddress
 
 __all__ = ["WrkReport", "WrkRun", "lua_script", "parse_report", "wrk_path"]
 

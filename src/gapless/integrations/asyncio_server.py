@@ -51,11 +51,11 @@ import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
-from ..addresses import parse_bind
 from ..errors import NotifyError, ServeError
-from ..inheritance import consume_listen_fds
-from ..listeners import open_listener
-from ..notify import notify
+from ..sockets.addresses import parse_bind
+from ..sockets.listeners import open_listener
+from ..systemd.listen_fds import consume_listen_fds
+from ..systemd.notify import notify
 from .common import SERVICE_RESTART, listen_backlog
 from .drain import StopRequest, stop_accepting
 

@@ -1,0 +1,1 @@
+"""Library mode: a Python server that upgrades itself (:class:`gapless.Upgrader`)."""

@@ -1,0 +1,177 @@
+"""Starting a successor and waiting, on events only, until it is ready or has failed.
+
+The wait is one ``select`` over three things: the notify socket (READY=1), the
+successor's pidfd (it exited) and its stderr pipe (forwarded to ours and kept
+as a tail for the error message), plus a cancel pipe and the timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Mapping, Sequence
+
+from ..errors import NotifyError, SuccessorExitedError, SuccessorTimeoutError, UpgradeError
+from ..proc.spawn import Child, StderrTail, spawn
+from ..systemd.notify import NotifyReceiver, in_process_tree
+from .handshake import STDERR_VAR, successor_environ
+
+__all__ = ["Cancel", "start_successor"]
+
+log = logging.getLogger("gapless")
+
+
+class Cancel:
+    """A one-shot cancellation that a ``select`` can wait on (a pipe)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            os.write(self._write, b"x")
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def fileno(self) -> int:
+        return self._read
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
+def start_successor(
+    command: Sequence[str],
+    listeners: Sequence[tuple[str | None, socket.socket]],
+    *,
+    timeout: float,
+    cancel: Cancel,
+    environ: Mapping[str, str],
+    cwd: str | None = None,
+) -> Child:
+    """Spawn ``command`` with the listeners and wait until it sends READY=1.
+
+    Returns:
+        The ready successor.
+
+    Raises:
+        SuccessorSpawnError: the command could not be executed.
+        SuccessorExitedError: it exited first (its exit code and last stderr lines).
+        SuccessorTimeoutError: ``timeout`` passed first; it was killed.
+        UpgradeError: cancelled (this process is stopping); it was killed.
+    """
+    with NotifyReceiver() as receiver:
+        env = successor_environ(environ, receiver.address)
+        child = spawn(
+            command,
+            listeners=[sock for _, sock in listeners],
+            names=[name for name, _ in listeners],
+            env=env,
+            extra_fds={STDERR_VAR: 2},
+            capture_stderr=True,
+            cwd=cwd,
+        )
+        log.info("successor started as pid %d: %s", child.pid, " ".join(command))
+        try:
+            _wait_ready(child, receiver, cancel, time.monotonic() + timeout, timeout)
+        except BaseException:
+            child.kill_group(signal.SIGKILL)
+            child.wait(5.0)
+            child.close()
+            raise
+    log.info(
+        "successor pid %d ready after %.0f ms", child.pid, (time.monotonic() - child.started) * 1000
+    )
+    return child
+
+
+def _wait_ready(
+    child: Child, receiver: NotifyReceiver, cancel: Cancel, deadline: float, timeout: float
+) -> None:
+    tail = StderrTail()
+    assert child.stderr_fd is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(receiver, selectors.EVENT_READ, "notify")
+        selector.register(child, selectors.EVENT_READ, "exit")
+        selector.register(child.stderr_fd, selectors.EVENT_READ, "stderr")
+        selector.register(cancel, selectors.EVENT_READ, "cancel")
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SuccessorTimeoutError(
+                    f"successor pid {child.pid} did not report READY=1 within {timeout:g} s; "
+                    f"killed it{_last_line(tail)}",
+                    pid=child.pid,
+                    stderr_tail=tail.text(),
+                )
+            for key, _ in selector.select(remaining):
+                if key.data == "stderr" and not tail.pump(child.stderr_fd):
+                    selector.unregister(child.stderr_fd)
+                elif key.data == "cancel":
+                    raise UpgradeError(
+                        f"upgrade cancelled: stopping; killed successor pid {child.pid}"
+                    )
+                elif key.data == "exit":
+                    _raise_exited(child, tail)
+                elif key.data == "notify" and _ready_message(receiver, child):
+                    _forward_stderr_in_background(child, tail)
+                    return
+
+
+def _ready_message(receiver: NotifyReceiver, child: Child) -> bool:
+    while True:
+        try:
+            message = receiver.receive()
+        except NotifyError as exc:
+            log.warning("ignored a notify datagram: %s", exc)
+            continue
+        if message is None:
+            return False
+        if not in_process_tree(message.pid, child.pid):
+            log.warning("ignored a notify datagram from pid %d, not the successor's", message.pid)
+            continue
+        if message.status:
+            log.info("successor pid %d: %s", child.pid, message.status)
+        if message.ready:
+            return True
+
+
+def _raise_exited(child: Child, tail: StderrTail) -> None:
+    status = child.wait(5.0)
+    assert child.stderr_fd is not None
+    tail.pump(child.stderr_fd)
+    described = status.describe() if status else "exited"
+    raise SuccessorExitedError(
+        f"successor pid {child.pid} {described} before it was ready{_last_line(tail)}",
+        pid=child.pid,
+        returncode=status.returncode if status else -1,
+        stderr_tail=tail.text(),
+    )
+
+
+def _last_line(tail: StderrTail) -> str:
+    lines = tail.text().strip().splitlines()
+    return f"; its last stderr line: {lines[-1].strip()!r}" if lines else ""
+
+
+def _forward_stderr_in_background(child: Child, tail: StderrTail) -> None:
+    """Until the successor takes over our stderr (GAPLESS_STDERR_FD), keep forwarding."""
+    import threading
+
+    fd = child.stderr_fd
+
+    def pump() -> None:
+        assert fd is not None
+        os.set_blocking(fd, True)
+        while tail.pump(fd):
+            pass
+
+    threading.Thread(target=pump, name="gapless-stderr", daemon=True).start()

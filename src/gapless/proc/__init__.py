@@ -1,0 +1,1 @@
+"""Processes: spawning with fds in place, exit statuses, /proc, signals, PID files."""

@@ -1,0 +1,229 @@
+"""The OS side of the manager's generations: their processes, stderr and exits.
+
+:class:`Children` starts a generation with the listeners, registers its pidfd
+and stderr pipe in the manager's selector, forwards its stderr line by line
+(keeping the tail that explains a failure), reaps it without ever stealing the
+status of a known child from the pidfd path, reaps orphans the manager adopted
+as a subreaper, and tells which generation a notify datagram came from.
+
+Example::
+
+    children = Children(selector, log, on_exit=lambda proc: ...)
+    proc = children.spawn(2, ["python", "app.py"], listeners, env)
+    # later, on SIGCHLD:
+    children.reap()
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..proc.spawn import Child, ExitStatus, StderrTail, spawn
+from ..proc.subreaper import group_members
+from ..systemd.notify import in_process_tree
+from .eventlog import EventLog
+
+__all__ = ["Children", "Proc"]
+
+_MAX_PARTIAL_LINE = 8192
+
+
+@dataclass
+class Proc:
+    """One generation's process: its leader, stderr tail and what it reported."""
+
+    number: int
+    child: Child
+    tail: StderrTail = field(default_factory=StderrTail)
+    partial: bytes = b""
+    status: ExitStatus | None = None  # set once the leader was reaped
+    released: bool = False  # the generation is over; only its stderr pipe may be open
+    ready_via: str = ""
+    status_line: str | None = None  # the last STATUS= it sent
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    def last_stderr_lines(self, count: int = 5) -> list[str]:
+        return self.tail.text().strip().splitlines()[-count:]
+
+
+class Children:
+    """The live generations' processes, watched through one selector.
+
+    Args:
+        selector: the manager's; pidfds and stderr pipes are registered in it with
+            callables as data.
+        log: where child output and orphan reaping are logged.
+        on_exit: called once with each generation whose leader was reaped.
+    """
+
+    def __init__(
+        self, selector: selectors.BaseSelector, log: EventLog, on_exit: Callable[[Proc], None]
+    ) -> None:
+        self._selector = selector
+        self._log = log
+        self._on_exit = on_exit
+        self.procs: dict[int, Proc] = {}
+
+    def spawn(
+        self,
+        number: int,
+        command: Sequence[str],
+        listeners: Sequence[tuple[str | None, socket.socket]],
+        env: Mapping[str, str],
+        death_signal: int | None = None,
+    ) -> Proc:
+        """Start generation ``number`` in a process group of its own; its leader gets
+        ``death_signal`` if the manager dies (see :func:`gapless.proc.spawn.spawn`).
+
+        Raises:
+            SuccessorSpawnError: the command could not be executed.
+            InheritanceError: a listener name is invalid.
+        """
+        child = spawn(
+            command,
+            listeners=[sock for _, sock in listeners],
+            names=[name for name, _ in listeners],
+            env=env,
+            new_process_group=True,
+            capture_stderr=True,
+            death_signal=death_signal,
+        )
+        return self._watch(Proc(number, child))
+
+    def adopt(self, number: int, pid: int, stderr_fd: int | None) -> Proc:
+        """Watch a generation this process already runs: after an exec in place,
+        its leader ``pid`` is still our child and ``stderr_fd`` still our pipe."""
+        if stderr_fd is not None:
+            os.set_inheritable(stderr_fd, False)
+        return self._watch(Proc(number, Child(pid, stderr_fd, process_group=True)))
+
+    def _watch(self, proc: Proc) -> Proc:
+        self.procs[proc.number] = proc
+        child = proc.child
+        self._selector.register(child.pidfd, selectors.EVENT_READ, lambda: self._collect(proc))
+        if child.stderr_fd is not None:
+            self._selector.register(child.stderr_fd, selectors.EVENT_READ, lambda: self.pump(proc))
+        return proc
+
+    def pump(self, proc: Proc) -> None:
+        """Forward what the child wrote to stderr, a bounded amount per call."""
+        fd = proc.child.stderr_fd
+        for _ in range(16):  # so that a chatty child cannot starve the loop
+            if fd is None:
+                return
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self._end_of_stderr(proc)
+                return
+            proc.tail.feed(data)
+            *lines, proc.partial = (proc.partial + data).split(b"\n")
+            if len(proc.partial) > _MAX_PARTIAL_LINE:
+                lines.append(proc.partial)
+                proc.partial = b""
+            for line in lines:
+                self._log.output(proc.number, proc.pid, line)
+
+    def _end_of_stderr(self, proc: Proc) -> None:
+        fd = proc.child.stderr_fd
+        assert fd is not None
+        self._selector.unregister(fd)
+        os.close(fd)
+        proc.child.stderr_fd = None
+        if proc.partial:
+            self._log.output(proc.number, proc.pid, proc.partial)
+            proc.partial = b""
+        if proc.released:
+            self.procs.pop(proc.number, None)
+            proc.child.close()
+
+    def reap(self) -> None:
+        """On SIGCHLD: reap every child that exited, known generations first-hand.
+
+        A known leader is reaped by its own :meth:`Child.poll`, so its status reaches
+        the manager; any other child (an orphan adopted as subreaper) is reaped here.
+        """
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            proc = self.by_pid(info.si_pid)
+            if proc is not None:
+                self._collect(proc)
+                if proc.status is None:
+                    return  # not reapable after all; the pidfd will tell
+                continue
+            _, status = os.waitpid(info.si_pid, os.WNOHANG)
+            described = ExitStatus(os.waitstatus_to_exitcode(status)).describe()
+            self._log.event(
+                "reaped", f"reaped orphan pid {info.si_pid}: {described}", pid=info.si_pid
+            )
+
+    def _collect(self, proc: Proc) -> None:
+        if proc.status is not None:
+            return
+        status = proc.child.poll()
+        if status is None:
+            return
+        proc.status = status
+        self._selector.unregister(proc.child.pidfd)
+        self.pump(proc)  # what it wrote just before exiting belongs to its story
+        self._on_exit(proc)
+
+    def by_pid(self, pid: int) -> Proc | None:
+        for proc in self.procs.values():
+            if proc.pid == pid and proc.status is None:
+                return proc
+        return None
+
+    def sender(self, pid: int, first: int | None = None) -> Proc | None:
+        """The generation whose tree holds ``pid`` (a notify sender); ``first`` is
+        tried before the others."""
+        order = sorted(self.procs.values(), key=lambda proc: proc.number != first)
+        for proc in order:
+            if proc.status is None and in_process_tree(pid, proc.pid):
+                return proc
+        return None
+
+    def lingering(self, proc: Proc) -> bool:
+        """Whether the generation's process group still has live members."""
+        return bool(group_members(proc.pid))
+
+    def release(self, number: int) -> None:
+        """Forget an exited generation. Its stderr pipe stays open until EOF: a
+        process that left its group (a daemon) may still write to it."""
+        proc = self.procs.get(number)
+        if proc is None or proc.released:
+            return
+        proc.released = True
+        if proc.child.stderr_fd is None:
+            self.procs.pop(number)
+            proc.child.close()
+
+    def live(self) -> list[Proc]:
+        return [proc for proc in self.procs.values() if not proc.released]
+
+    def close(self) -> None:
+        """Kill whatever still runs (only after an error in the manager) and close all."""
+        for proc in list(self.procs.values()):
+            if proc.status is None:
+                self._selector.unregister(proc.child.pidfd)
+                proc.child.kill_group(signal.SIGKILL)
+                proc.child.wait(5.0)
+            if proc.child.stderr_fd is not None:
+                self._selector.unregister(proc.child.stderr_fd)
+            proc.child.close()
+        self.procs.clear()

@@ -1,0 +1,399 @@
+"""The control socket of ``gapless run``: JSON lines over a unix stream socket.
+
+A client sends one request per line, ``{"v": 1, "cmd": "reload"}``; the manager
+answers with any number of progress lines ``{"v": 1, "progress": "..."}`` and
+then one final line ``{"v": 1, "ok": true, ...}`` or ``{"v": 1, "ok": false,
+"error": "..."}``. Every command is registered once, with its help text, in a
+:class:`CommandTable`; ``{"v": 1, "cmd": "help"}`` lists them.
+
+Only the manager's own user and root may connect: the socket file is 0600, its
+default directory 0700, and each peer's uid is checked (``SO_PEERCRED``).
+
+Where the socket lives, unless ``--control PATH`` says otherwise: in
+``$XDG_RUNTIME_DIR/gapless/``, else ``/run/gapless/`` for root, else
+``/tmp/gapless-<uid>/``, named after the working directory (its base name and a
+hash of its full path). So ``gapless reload`` run in the directory where
+``gapless run`` was started finds that manager with no flag; a second manager
+in the same directory needs its own ``--control``.
+
+Example::
+
+    >>> call(default_control_path(), "status")          # doctest: +SKIP
+    {'v': 1, 'ok': True, 'generations': [...], ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import socket
+import stat
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AddressInUseError, ControlError, ListenError, NoManagerError
+from ..sockets.addresses import Bind, UnixAddress
+from ..sockets.listeners import UnixPathStamp, open_listener, remove_unix_path, stamp_unix_path
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Command",
+    "CommandTable",
+    "ControlConnection",
+    "ControlServer",
+    "call",
+    "control_directory",
+    "default_control_path",
+]
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 65536
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+Message = dict[str, Any]
+
+
+def control_directory(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
+    """The per-user directory for default control sockets (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    uid = os.getuid() if uid is None else uid
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/"):
+        return os.path.join(runtime, "gapless")
+    return "/run/gapless" if uid == 0 else f"/tmp/gapless-{uid}"
+
+
+def default_control_path(
+    cwd: str | None = None, environ: Mapping[str, str] | None = None, uid: int | None = None
+) -> str:
+    """The control socket of the manager started in ``cwd`` (default: this one).
+
+    Args:
+        cwd: the working directory the name is derived from.
+        environ: where to read ``XDG_RUNTIME_DIR``.
+        uid: the user whose runtime directory is used.
+
+    Returns:
+        e.g. ``/run/user/1000/gapless/myapp-3f2a9c81d0e4.sock``.
+    """
+    where = os.path.realpath(os.getcwd() if cwd is None else cwd)
+    digest = hashlib.sha256(os.fsencode(where)).hexdigest()[:12]
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(where) or "root")[:40]
+    return os.path.join(control_directory(environ, uid), f"{base}-{digest}.sock")
+
+
+def ensure_private_directory(path: str) -> None:
+    """Create ``path`` as a 0700 directory, or check that it is one of ours.
+
+    Raises:
+        ControlError: it cannot be created, or belongs to another user.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ControlError(
+            f"cannot create control directory {path!r}: {exc.strerror}; pass --control PATH"
+        ) from exc
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ControlError(
+            f"control directory {path!r} is not a directory owned by uid {os.getuid()}; "
+            "remove it or pass --control PATH"
+        )
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def reply(ok: bool, **fields: Any) -> Message:
+    """A final answer: ``{"v": 1, "ok": ok, **fields}``."""
+    return {"v": PROTOCOL_VERSION, "ok": ok, **fields}
+
+
+def error(message: str, **fields: Any) -> Message:
+    return reply(False, error=message, **fields)
+
+
+def progress(message: str, **fields: Any) -> Message:
+    return {"v": PROTOCOL_VERSION, "progress": message, **fields}
+
+
+class ControlConnection:
+    """One accepted client: non-blocking, with the peer's pid and uid."""
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
+        self._sock = sock
+        self.pid = pid
+        self.uid = uid
+        self._buffer = b""
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock.fileno() == -1
+
+    def read_lines(self) -> list[bytes] | None:
+        """The complete lines received so far; None once the peer has gone."""
+        try:
+            data = self._sock.recv(MAX_LINE)
+        except BlockingIOError:
+            return []
+        except OSError:
+            return None
+        if not data:
+            return None
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        if len(self._buffer) > MAX_LINE:
+            self.send(error(f"request longer than {MAX_LINE} bytes; send one JSON object a line"))
+            return None
+        return [line for line in lines if line.strip()]
+
+    def send(self, message: Message) -> bool:
+        """Send one line; a client too slow to take it is dropped (False)."""
+        if self.closed:
+            return False
+        data = json.dumps(message).encode() + b"\n"
+        try:
+            while data:
+                data = data[self._sock.send(data) :]
+        except OSError:
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class ControlServer:
+    """The listening control socket: 0600, peers checked by uid.
+
+    Args:
+        path: where to bind.
+        private_directory: create the parent as a 0700 directory (the default path).
+
+    Raises:
+        ControlError: another manager holds the path, or it cannot be bound.
+    """
+
+    def __init__(self, path: str, *, private_directory: bool = False) -> None:
+        if private_directory:
+            ensure_private_directory(os.path.dirname(path))
+        try:
+            self._sock = open_listener(Bind(UnixAddress(path)), backlog=64, mode=0o600)
+        except AddressInUseError:
+            raise ControlError(
+                f"another gapless manager listens on {path!r}; stop it, "
+                "or pass --control PATH to run a second one"
+            ) from None
+        except ListenError as exc:
+            raise ControlError(f"cannot open the control socket: {exc}") from None
+        self._stamp = stamp_unix_path(self._sock)
+        self._sock.setblocking(False)
+        self.path = path
+        self._spare = os.dup(self._sock.fileno())  # see _refuse_for_lack_of_fds
+
+    @classmethod
+    def adopt(cls, fd: int, path: str, stamp: UnixPathStamp | None) -> ControlServer:
+        """Wrap the control socket a manager kept across its own exec."""
+        server = cls.__new__(cls)
+        server._sock = socket.socket(fileno=fd)
+        os.set_inheritable(fd, False)
+        server._sock.setblocking(False)
+        server._stamp = stamp
+        server.path = path
+        server._spare = os.dup(fd)
+        return server
+
+    @property
+    def stamp(self) -> UnixPathStamp | None:
+        return self._stamp
+
+    def own_path(self, owned: bool) -> None:
+        """Whether :meth:`close` removes the path: not while another manager may use
+        the socket (a handoff, see gapless.sockets.handoff), again once it passed to this one."""
+        self._stamp = stamp_unix_path(self._sock) if owned else None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def accept(self) -> ControlConnection | None:
+        """Accept one client; None if there was none or it was refused."""
+        try:
+            sock, _ = self._sock.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            self._refuse_for_lack_of_fds()
+            return None
+        sock.setblocking(False)
+        pid, uid, _ = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+        connection = ControlConnection(sock, pid, uid)
+        if uid not in (0, os.getuid()):
+            connection.send(
+                error(
+                    f"permission denied: uid {uid} may not control a manager of uid {os.getuid()}"
+                )
+            )
+            connection.close()
+            return None
+        return connection
+
+    def _refuse_for_lack_of_fds(self) -> None:
+        """Out of fds, a pending client would keep the socket readable and the loop
+        spinning: free the spare fd to accept it, tell it why, and take the fd back."""
+        os.close(self._spare)
+        try:
+            with contextlib.suppress(OSError):
+                sock, _ = self._sock.accept()
+                with sock:
+                    sock.setblocking(False)
+                    message = error(
+                        "the manager is out of file descriptors; raise its RLIMIT_NOFILE "
+                        "(prlimit --nofile, LimitNOFILE=) or wait for connections to close"
+                    )
+                    sock.send(json.dumps(message).encode() + b"\n")
+        finally:
+            self._spare = os.dup(self._sock.fileno())
+
+    def close(self) -> None:
+        """Close the socket and remove its file if it is still ours."""
+        if self._sock.fileno() != -1:
+            self._sock.close()
+            os.close(self._spare)
+            remove_unix_path(self._stamp)
+
+
+Handler = Callable[[ControlConnection, Message], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: Handler
+
+
+class CommandTable:
+    """Commands by name, each with its help; ``help`` itself is built in."""
+
+    def __init__(self) -> None:
+        self._commands: dict[str, Command] = {}
+        self.register("help", "list the commands and what they do", self._help)
+
+    def register(self, name: str, help: str, handler: Handler) -> None:
+        self._commands[name] = Command(name, help, handler)
+
+    def describe(self) -> dict[str, str]:
+        return {name: command.help for name, command in sorted(self._commands.items())}
+
+    def dispatch(self, connection: ControlConnection, line: bytes) -> None:
+        """Parse one request line and run its command; a bad one gets an error reply."""
+        try:
+            request = _parse_request(line)
+            command = self._commands.get(request["cmd"])
+            if command is None:
+                known = ", ".join(sorted(self._commands))
+                raise ControlError(f"unknown command {request['cmd']!r}; known: {known}")
+        except ControlError as exc:
+            connection.send(error(str(exc)))
+            return
+        command.handler(connection, request)
+
+    def _help(self, connection: ControlConnection, request: Message) -> None:
+        connection.send(reply(True, commands=self.describe()))
+
+
+def _parse_request(line: bytes) -> Message:
+    try:
+        request = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # e.g. 60,000 nested '['
+        raise ControlError(f"request {line[:60]!r} is not JSON; send one object a line") from None
+    if not isinstance(request, dict):
+        raise ControlError('a request must be a JSON object like {"v": 1, "cmd": "status"}')
+    if request.get("v") != PROTOCOL_VERSION:
+        raise ControlError(
+            f"unsupported protocol version {request.get('v')!r}; this manager speaks "
+            f"{PROTOCOL_VERSION}: upgrade the client or the manager"
+        )
+    if not isinstance(request.get("cmd"), str):
+        raise ControlError('a request needs "cmd", e.g. {"v": 1, "cmd": "status"}')
+    return request
+
+
+def call(
+    path: str,
+    cmd: str,
+    *,
+    on_progress: Callable[[str], None] | None = None,
+    timeout: float | None = None,
+    **fields: Any,
+) -> Message:
+    """Send one command to the manager at ``path`` and return its final answer.
+
+    Args:
+        path: the control socket.
+        cmd: e.g. ``"reload"``, ``"status"``, ``"stop"``.
+        on_progress: called with each progress line before the answer.
+        timeout: seconds to wait for each line; None waits as long as it takes.
+        fields: further request fields.
+
+    Returns:
+        The final message; check its ``"ok"``.
+
+    Raises:
+        NoManagerError: nothing listens at ``path``.
+        ControlError: permission denied, a broken answer, or the manager went away.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    with sock:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise NoManagerError(
+                f"no gapless manager at {path}: start one with gapless run, or pass --control"
+            ) from None
+        except OSError as exc:
+            raise ControlError(f"cannot reach the manager at {path}: {exc.strerror}") from None
+        request = {"v": PROTOCOL_VERSION, "cmd": cmd, **fields}
+        with sock.makefile("rb") as lines:
+            # A refused peer is answered and dropped at once: read that answer even
+            # when the request could not be sent.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(json.dumps(request).encode() + b"\n")
+            try:
+                answer = _read_answer(lines, on_progress)
+            except (OSError, ValueError) as exc:
+                raise ControlError(f"broken answer from the manager at {path}: {exc}") from None
+    if answer is None:
+        raise ControlError(f"the manager at {path} closed the connection before answering {cmd!r}")
+    return answer
+
+
+def _read_answer(
+    lines: Iterable[bytes], on_progress: Callable[[str], None] | None
+) -> Message | None:
+    """Pass progress lines on; return the final one, or None at EOF before it."""
+    for line in lines:
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise ValueError(f"{line[:60]!r} is not a JSON object")
+        if "progress" not in message:
+            return message
+        if on_progress is not None:
+            on_progress(str(message["progress"]))
+    return None

@@ -1,0 +1,322 @@
+"""The generations of one command at work: the state machine fed with OS events.
+
+:class:`Supervisor` owns the :class:`~gapless.run.generations.Generations` machine
+and the generations' processes. It turns what happens to them (an exit, a
+notify datagram, a readiness check, a deadline) into events, and carries out
+the machine's actions: spawn, log readiness, signal, kill the group, report.
+The :class:`~gapless.run.manager.Manager` around it owns the sockets, the signals
+and the control socket, and runs the one ``select()`` loop, asking
+:meth:`Supervisor.wake_at` for its timeout.
+
+Example::
+
+    supervisor = Supervisor(config, environ, selector, log, upstream, on_report)
+    supervisor.start(listeners, receiver)         # spawns generation 1
+    while supervisor.exit_code is None:
+        ...select(timeout from supervisor.wake_at()), run callbacks...
+        supervisor.tick(time.monotonic())
+"""
+
+from __future__ import annotations
+
+import collections
+import selectors
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..errors import GaplessError, NotifyError
+from ..proc.subreaper import group_members
+from ..sockets.connections import ConnectionCounter
+from ..systemd.notify import NotifyReceiver
+from .children import Children, Proc
+from .config import Listener, ManagerConfig
+from .eventlog import EventLog
+from .generations import (
+    Activated,
+    Boot,
+    ChildExited,
+    ChildReady,
+    Event,
+    Exit,
+    Generation,
+    Generations,
+    GenState,
+    GroupExited,
+    KillGroup,
+    Phase,
+    ReloadResult,
+    ReportReload,
+    Signal,
+    Spawn,
+    SpawnFailed,
+)
+from .readiness import Readiness
+from .status import summary
+from .upstream import Upstream
+
+__all__ = ["Supervisor"]
+
+Reporter = Callable[[ReloadResult, list[str]], None]
+
+
+class Supervisor:
+    """Runs the generations; see the module docstring.
+
+    Args:
+        config: the manager's settings.
+        environ: the children's environment (NOTIFY_SOCKET is set per child).
+        selector: the manager's, where pidfds and stderr pipes are registered.
+        log: the event log.
+        upstream: what systemd is told.
+        on_report: called with each start's result and the failed child's last
+            stderr lines, to answer the clients waiting on it.
+    """
+
+    def __init__(
+        self,
+        config: ManagerConfig,
+        environ: Mapping[str, str],
+        selector: selectors.BaseSelector,
+        log: EventLog,
+        upstream: Upstream,
+        on_report: Reporter,
+    ) -> None:
+        self.config = config
+        self._environ = dict(environ)
+        self._log = log
+        self._upstream = upstream
+        self._on_report = on_report
+        self.machine = Generations(
+            config.ready_timeout, config.drain_timeout, int(config.stop_signal)
+        )
+        self.children = Children(selector, log, self._on_exit)
+        self.exit_code: int | None = None
+        self._events: collections.deque[Event] = collections.deque()
+        self._feeding = False
+        self._listeners: Sequence[Listener] = ()
+        self._notify_address = ""
+        self._readiness: Readiness | None = None  # once start() knows the sockets
+        self._connections = ConnectionCounter(frozenset(), frozenset())
+
+    def start(self, listeners: Sequence[Listener], receiver: NotifyReceiver, boot: bool) -> None:
+        """Take the sockets; with ``boot``, spawn generation 1 (else one was adopted).
+
+        Raises:
+            ConfigError: ``--ready accept`` with no socket to watch.
+        """
+        self._listeners = listeners
+        self._notify_address = receiver.address
+        inodes = [item.inode for item in listeners]
+        self._connections = ConnectionCounter.of(item.sock for item in listeners)
+        self._readiness = Readiness(self.config.ready, inodes, self._connections)
+        if boot:
+            self.feed(Boot())
+
+    def feed(self, event: Event) -> None:
+        """Hand an event to the machine and carry out its actions, which may feed more."""
+        self._events.append(event)
+        if self._feeding:
+            return
+        self._feeding = True
+        try:
+            while self._events and self.machine.phase is not Phase.STOPPED:
+                actions = self.machine.handle(self._events.popleft(), time.monotonic())
+                if self.machine.phase is not Phase.RUNNING:
+                    self._upstream.stopping()
+                for action in actions:
+                    _ACTIONS[type(action)](self, action)
+            self._upstream.update(
+                serving=self.machine.active is not None and self.machine.phase is Phase.RUNNING,
+                reloading=self.machine.reloading,
+                status=summary(self.machine, self.children),
+            )
+        finally:
+            self._events.clear()
+            self._feeding = False
+
+    # Time ---------------------------------------------------------------------
+
+    def wake_at(self) -> float | None:
+        """The next deadline or readiness check (monotonic); None: wait for events."""
+        wake_at = [when for when, _ in self.machine.timers()]
+        starting = self._starting()
+        if starting is not None and self._readiness is not None:
+            check_at = self._readiness.wake_at(starting[0].started)
+            if check_at is not None:
+                wake_at.append(check_at)
+        return min(wake_at, default=None)
+
+    def tick(self, now: float) -> None:
+        """Feed the deadlines that passed, then look at the starting generation."""
+        while self.exit_code is None:
+            due = [event for when, event in self.machine.timers() if when <= now]
+            if not due:
+                break
+            self.feed(due[0])
+        starting = self._starting()
+        if starting is not None and self._readiness is not None:
+            gen, proc = starting
+            via = self._readiness.check(proc.pid, gen.started, now)
+            if via is not None:
+                proc.ready_via = via
+                self.feed(ChildReady(gen.number))
+
+    def _starting(self) -> tuple[Generation, Proc] | None:
+        """The starting generation, if its process runs."""
+        gen = self.machine.starting
+        proc = None if gen is None else self.children.procs.get(gen.number)
+        return None if gen is None or proc is None or proc.status is not None else (gen, proc)
+
+    # OS events ----------------------------------------------------------------
+
+    def on_sigchld(self) -> None:
+        """Reap, then see whether a generation's left-behind group is gone now."""
+        self.children.reap()
+        for gen in self.machine.in_state(GenState.DRAINING, GenState.KILLED):
+            proc = self.children.procs.get(gen.number)
+            if gen.exit_status is not None and proc and not self.children.lingering(proc):
+                self.feed(GroupExited(gen.number))
+        self._release_exited()
+
+    def forward(self, received: signal.Signals) -> None:
+        """Pass a signal on to the active generation's leader."""
+        active = self.machine.active
+        proc = self.children.procs.get(active.number) if active else None
+        if proc is not None:
+            proc.child.send_signal(received)
+            self._log.event(
+                "forwarded",
+                f"forwarded {received.name} to generation {proc.number} (pid {proc.pid})",
+                generation=proc.number,
+            )
+
+    def _on_exit(self, proc: Proc) -> None:
+        assert proc.status is not None
+        lingering = self.children.lingering(proc)
+        left = ", leaving processes in its group" if lingering else ""
+        self._log.event(
+            "exited",
+            f"generation {proc.number} (pid {proc.pid}) {proc.status.describe()}{left}",
+            generation=proc.number,
+            pid=proc.pid,
+            returncode=proc.status.returncode,
+        )
+        if proc.number in self.machine.generations:
+            self.feed(ChildExited(proc.number, proc.status, lingering))
+        self._release_exited()
+
+    def _release_exited(self) -> None:
+        for proc in self.children.live():
+            gen = self.machine.generations.get(proc.number)
+            if gen is None or gen.state is GenState.EXITED:
+                self.children.release(proc.number)
+
+    def on_notify(self, receiver: NotifyReceiver) -> None:
+        """Route the pending datagrams: READY=1 of the starting one, STATUS= of any."""
+        for _ in range(64):  # a bounded batch: a flood of datagrams cannot starve the loop
+            try:
+                note = receiver.receive()
+            except NotifyError as exc:
+                self._log.event("warning", f"ignored a notify datagram: {exc}")
+                continue
+            if note is None:
+                return
+            starting = self.machine.starting
+            proc = self.children.sender(note.pid, starting.number if starting else None)
+            if proc is None:  # anyone may send to an abstract socket: READY=1 too
+                self._log.event(
+                    "warning",
+                    f"ignored a notify datagram from pid {note.pid}: "
+                    "not a process of any generation",
+                    pid=note.pid,
+                )
+                continue
+            if note.status is not None:
+                proc.status_line = note.status
+            wanted = self.config.ready.notify and starting is not None
+            if wanted and note.ready and starting and proc.number == starting.number:
+                proc.ready_via = "notify"
+                self.feed(ChildReady(proc.number))
+
+    # Actions ------------------------------------------------------------------
+
+    def _spawn(self, action: Spawn) -> None:
+        number = action.generation
+        env = {**self._environ, "NOTIFY_SOCKET": self._notify_address}
+        listeners = [(listener.name, listener.sock) for listener in self._listeners]
+        try:
+            # A manager killed outright (SIGKILL, OOM) must leave no generation serving
+            # for ever on sockets a restarted manager cannot bind: the leader drains.
+            death = int(self.config.stop_signal)
+            proc = self.children.spawn(number, self.config.command, listeners, env, death)
+        except GaplessError as exc:
+            self.feed(SpawnFailed(number, f"generation {number} could not start: {exc}"))
+            return
+        if self._readiness is not None:
+            self._readiness.started(time.monotonic())
+        self._log.event(
+            "started",
+            f"generation {number} started as pid {proc.pid}",
+            generation=number,
+            pid=proc.pid,
+        )
+
+    def _activated(self, action: Activated) -> None:
+        proc = self.children.procs[action.generation]
+        self._log.event(
+            "ready",
+            f"generation {action.generation} ready after {action.latency * 1000:.0f} ms "
+            f"({proc.ready_via})",
+            generation=action.generation,
+            latency_ms=round(action.latency * 1000, 1),
+            via=proc.ready_via,
+        )
+
+    def _signal(self, action: Signal) -> None:
+        proc = self.children.procs[action.generation]
+        held = self._connections.count(group_members(proc.pid))
+        proc.child.send_signal(action.signal)
+        name = signal.Signals(action.signal).name
+        seconds = action.deadline - time.monotonic()
+        self._log.event(
+            "draining",
+            f"generation {action.generation} draining: sent {name} to pid {proc.pid}, "
+            f"{held} connection{'' if held == 1 else 's'} left, "
+            f"killed in {seconds:.3g} s if still running",
+            generation=action.generation,
+            connections=held,
+        )
+
+    def _kill(self, action: KillGroup) -> None:
+        proc = self.children.procs[action.generation]
+        proc.child.kill_group(signal.SIGKILL)
+        self._log.event(
+            "killed",
+            f"generation {action.generation} killed (SIGKILL to group {proc.pid}): {action.reason}",
+            generation=action.generation,
+        )
+
+    def _report(self, action: ReportReload) -> None:
+        result = action.result
+        proc = self.children.procs.get(result.generation or 0)
+        stderr = proc.last_stderr_lines() if proc is not None and not result.ok else []
+        if not result.ok:
+            last = f"; its last stderr line: {stderr[-1]!r}" if stderr else ""
+            what = "start" if result.generation == 1 else "reload"
+            self._log.event("failed", f"{what} failed: {result.reason}{last}", stderr=stderr)
+        self._on_report(result, stderr)
+
+    def _exit(self, action: Exit) -> None:
+        self.exit_code = action.code
+
+
+_ACTIONS: dict[type, Callable[[Supervisor, Any], None]] = {
+    Spawn: Supervisor._spawn,
+    Activated: Supervisor._activated,
+    Signal: Supervisor._signal,
+    KillGroup: Supervisor._kill,
+    ReportReload: Supervisor._report,
+    Exit: Supervisor._exit,
+}

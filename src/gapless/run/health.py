@@ -1,0 +1,137 @@
+"""A readiness endpoint for load balancers and Kubernetes: ``--health-bind ADDRESS``.
+
+Any ``GET`` (or ``HEAD``) on its own socket is answered ``200 serving`` while a
+generation serves and the manager is not stopping, ``503 starting`` before the
+first generation is ready, and ``503 draining`` once a stop was asked for (during
+``--shutdown-delay`` the server still accepts, but the balancer is told to send
+no new work). It runs inside the manager's ``select()`` loop, non-blocking,
+with no thread and no timer; it never touches the server's own sockets (a probe
+through those cannot tell generations apart, nor say "draining").
+
+Example::
+
+    health = HealthEndpoint(parse_bind("127.0.0.1:8081"), selector)
+    health.state = "serving"
+    # curl -i http://127.0.0.1:8081/  ->  HTTP/1.1 200 OK ... serving
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import selectors
+import socket
+
+from ..sockets.addresses import Bind
+from ..sockets.listeners import listener_address, open_listener, remove_unix_path, stamp_unix_path
+
+__all__ = ["STATES", "HealthEndpoint"]
+
+#: The states and the HTTP status each one answers with.
+STATES = {"starting": 503, "serving": 200, "draining": 503}
+_REASONS = {200: "OK", 503: "Service Unavailable"}
+_MAX_REQUEST = 8192
+_MAX_CLIENTS = 64  # past this, the oldest pending probe is dropped
+
+
+class HealthEndpoint:
+    """The endpoint: a listening socket and its pending probes, in ``selector``.
+
+    Args:
+        bind: where to listen (TCP or unix).
+        selector: the manager's selector; callables are registered as data.
+        sock: an already listening socket to serve instead (one taken over from the
+            previous instance); ``bind`` then only names it.
+
+    Raises:
+        ListenError: the address could not be opened.
+    """
+
+    def __init__(
+        self, bind: Bind, selector: selectors.BaseSelector, sock: socket.socket | None = None
+    ) -> None:
+        self.state = "starting"
+        self._selector = selector
+        self._sock = open_listener(bind) if sock is None else sock
+        self._stamp = stamp_unix_path(self._sock) if sock is None else None
+        self._sock.setblocking(False)
+        self._clients: collections.OrderedDict[socket.socket, bytes] = collections.OrderedDict()
+        self.address = listener_address(self._sock)
+        self.accepting = False
+        self.resume()
+
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
+
+    def pause(self) -> None:
+        """Stop answering (another instance serves this socket for now)."""
+        if self.accepting:
+            self._selector.unregister(self._sock)
+            self.accepting = False
+
+    def resume(self) -> None:
+        if not self.accepting:
+            self._selector.register(self._sock, selectors.EVENT_READ, self._on_accept)
+            self.accepting = True
+
+    def own_path(self, owned: bool) -> None:
+        """Whether :meth:`close` removes a unix socket path (see gapless.sockets.handoff)."""
+        self._stamp = stamp_unix_path(self._sock) if owned else None
+
+    def _on_accept(self) -> None:
+        try:
+            client, _ = self._sock.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        except OSError:
+            return  # out of fds: the probe waits in the queue and is retried
+        client.setblocking(False)
+        if len(self._clients) >= _MAX_CLIENTS:
+            self._drop(next(iter(self._clients)))
+        self._clients[client] = b""
+        self._selector.register(client, selectors.EVENT_READ, lambda: self._on_request(client))
+
+    def _on_request(self, client: socket.socket) -> None:
+        try:
+            data = client.recv(_MAX_REQUEST)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        request = self._clients[client] + data
+        self._clients[client] = request
+        if b"\r\n\r\n" in request or b"\n\n" in request or len(request) >= _MAX_REQUEST:
+            with contextlib.suppress(OSError):
+                client.send(self.response(request))
+            self._drop(client)
+
+    def response(self, request: bytes) -> bytes:
+        """The whole HTTP/1.1 answer to ``request`` in the current state."""
+        code = STATES[self.state]
+        body = f"{self.state}\n".encode()
+        head = (
+            f"HTTP/1.1 {code} {_REASONS[code]}\r\n"
+            "Content-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        return head if request.startswith(b"HEAD ") else head + body
+
+    def _drop(self, client: socket.socket) -> None:
+        self._clients.pop(client, None)
+        self._selector.unregister(client)
+        client.close()
+
+    def close(self) -> None:
+        """Close every probe and the socket (removing a unix path it owns)."""
+        for client in list(self._clients):
+            self._drop(client)
+        self.pause()
+        if self._sock.fileno() != -1:
+            self._sock.close()
+            remove_unix_path(self._stamp)

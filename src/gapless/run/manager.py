@@ -1,0 +1,386 @@
+"""``gapless run``: the manager that holds the sockets and runs generations of a server.
+
+The manager opens the listening sockets once and keeps them for its whole life;
+each generation of the server gets them as ``LISTEN_FDS`` (fd 3 onward) with a
+``NOTIFY_SOCKET`` of the manager's. A reload starts the next generation beside
+the active one; when it is ready the old one gets the stop signal and drains by
+its deadline. Nothing is proxied: the children accept on the manager's sockets.
+
+The driver is one ``selectors`` loop over: a signal wakeup fd, each child's
+pidfd and stderr pipe, the notify socket, the control socket and its clients,
+with the next deadline as the timeout. An idle manager sleeps in ``select()``
+with no timeout at all. The only periodic wakeup is the ``accept`` readiness
+check, every 20 ms, and only while a generation is starting. The decisions are
+in :class:`~gapless.run.generations.Generations`, their carrying out in
+:class:`~gapless.run.driver.Supervisor`; this module owns the sockets, the
+signals and the control commands.
+
+Example::
+
+    config = ManagerConfig(command=["python", "-m", "gapless.demo", "--bind", "web=:0"],
+                           binds=[parse_bind("web=127.0.0.1:8000")])
+    sys.exit(Manager(config).run())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from queue import SimpleQueue
+from typing import Any
+
+from .._version import __version__
+from ..errors import UpgradeError
+from ..proc.pidfile import remove_pid_file, write_pid_file
+from ..proc.signals import SignalCapture
+from ..proc.subreaper import set_child_subreaper
+from ..sockets.listeners import listener_address, remove_unix_path
+from ..systemd.notify import NotifyReceiver
+from .config import Listener, ManagerConfig, ReadyMode, open_listeners
+from .control import (
+    CommandTable,
+    ControlConnection,
+    ControlServer,
+    Message,
+    default_control_path,
+    error,
+    progress,
+    reply,
+)
+from .driver import Supervisor
+from .eventlog import EventLog
+from .generations import Phase, ReloadRequested, ReloadResult, StopRequested
+from .reexec import (
+    Handover,
+    adopt_generations,
+    check_target,
+    config_from_json,
+    exec_in_place,
+    export_state,
+    listeners_from_json,
+    stamp_from_json,
+    upgrade_refusal,
+)
+from .restarts import Restarts
+from .status import snapshot
+from .upstream import Upstream
+
+__all__ = ["Manager", "ManagerConfig", "ReadyMode"]
+
+_HANDLED = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+_FORWARDED = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Manager:
+    """Runs generations of ``config.command`` on sockets it keeps; see the module doc.
+
+    Args:
+        config: the settings.
+        environ: the environment the children inherit (default ``os.environ``);
+            ``NOTIFY_SOCKET`` and ``LISTEN_*`` in it are the manager's own.
+        resume: the state of the manager this one replaces in place; see :meth:`resume`.
+        lifeline: with ``--handoff``, the pipe whose EOF says the supervised front
+            exited (see :mod:`gapless.run.front`).
+    """
+
+    def __init__(
+        self,
+        config: ManagerConfig,
+        environ: Mapping[str, str] | None = None,
+        resume: Mapping[str, Any] | None = None,
+        lifeline: int | None = None,
+    ) -> None:
+        self.config = config
+        self._resume = resume
+        self._environ: dict[str, str] = dict(os.environ if environ is None else environ)
+        self._log = EventLog(config.log_format)
+        self._upstream = Upstream(self._environ.pop("NOTIFY_SOCKET", ""), self._log)
+        self._control_path = config.control_path or default_control_path()
+        self._selector = selectors.DefaultSelector()
+        self._restarts = Restarts(
+            config, self._environ, self._log, self._selector, self._upstream, lifeline
+        )
+        self._signals: SimpleQueue[signal.Signals] = SimpleQueue()
+        self._listeners: list[Listener] = []
+        self._requests = 0
+        self._reload_waiters: dict[int, ControlConnection] = {}
+        self._stop_waiters: list[ControlConnection] = []
+        self._born = time.monotonic() if resume is None else float(resume["born"])
+        self._upgrades = 0 if resume is None else int(resume["upgrades"])
+        self._supervisor = Supervisor(
+            config, self._environ, self._selector, self._log, self._upstream, self._answer
+        )
+        self._commands = CommandTable()
+        for name, help, handler in (
+            ("reload", "start a new generation; answer once it is ready or failed", self._reload),
+            ("status", "the generations, the listeners and the last reload", self._status),
+            ("stop", "drain every generation, then exit; answer when stopped", self._stop),
+            (
+                "upgrade",
+                "exec a new gapless in place, keeping pid, sockets, children",
+                self._upgrade,
+            ),
+        ):
+            self._commands.register(name, help, handler)
+
+    @classmethod
+    def resume(cls, state: Mapping[str, Any]) -> Manager:
+        """The manager that carries on from ``state``, written by the one it replaced
+        with an exec in place (see :mod:`gapless.run.reexec`)."""
+        control_path = state["control"]["path"]
+        return cls(config_from_json(state["config"], control_path), resume=state)
+
+    def run(self) -> int:
+        """Open everything, start generation 1 and serve until stopped.
+
+        Returns:
+            The exit code: 0 after a stop, 1 when no generation could be started.
+
+        Raises:
+            GaplessError: a socket, the control socket or the PID file could not be
+                set up; nothing was started then.
+        """
+        supervisor = self._supervisor
+        with contextlib.ExitStack() as stack:
+            self._open(stack)
+            if self._resume is not None:
+                self._log.event("resumed", f"resumed in place as pid {os.getpid()} ({__version__})")
+            while supervisor.exit_code is None:
+                times = (supervisor.wake_at(), self._restarts.wake_at())
+                wake_at = min((when for when in times if when is not None), default=None)
+                timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+                for key, _ in self._selector.select(timeout):
+                    key.data()
+                supervisor.tick(time.monotonic())
+                self._restarts.tick(time.monotonic())
+        # Answered only now, once the sockets, socket paths and PID file are gone,
+        # so that `gapless stop && gapless run ...` finds everything free.
+        self._log.event("stopped", f"stopped with exit code {supervisor.exit_code}")
+        for connection in self._stop_waiters:
+            connection.send(reply(True, message="stopped"))
+            connection.close()
+        return supervisor.exit_code
+
+    # Setup --------------------------------------------------------------------
+
+    def _open(self, stack: contextlib.ExitStack) -> None:
+        stack.callback(self._selector.close)
+        stack.callback(self._supervisor.children.close)
+        if not set_child_subreaper():
+            self._log.event("warning", "cannot become a child subreaper; orphans go to init")
+        stack.callback(self._close_listeners)
+        receiver = self._open_sockets(stack)
+        # Signals are caught (queued for the loop) before the PID file names us, and
+        # the PID file is written before generation 1: a failure then starts nothing.
+        self._catch_signals(stack)
+        if self.config.pid_file is not None:
+            write_pid_file(self.config.pid_file)
+            stack.callback(remove_pid_file, self.config.pid_file)
+        self._supervisor.start(self._listeners, receiver, boot=self._resume is None)
+        if self._resume is not None:
+            supervisor = self._supervisor
+            adopt_generations(self._resume, supervisor.children, supervisor.machine, self._upstream)
+
+    def _open_sockets(self, stack: contextlib.ExitStack) -> NotifyReceiver:
+        state = self._resume
+        if state is None:
+            taken = self._restarts.take_over()  # --handoff: a running instance's sockets
+            self._listeners = open_listeners(self.config.binds, self._environ, taken)
+            receiver = NotifyReceiver()
+            private = self.config.control_path is None
+            control = self._restarts.control_server(self._control_path, private)
+        else:
+            self._listeners = listeners_from_json(state["listeners"])
+            receiver = NotifyReceiver.adopt(state["notify"]["fd"], state["notify"]["address"])
+            stamp = stamp_from_json(state["control"]["stamp"])
+            control = ControlServer.adopt(state["control"]["fd"], self._control_path, stamp)
+        for listener in self._listeners:
+            _no_delay(listener.sock)
+            where = listener_address(listener.sock)
+            label = f" as {listener.name}" if listener.name else ""
+            kept = "" if state is None else " (kept across the exec)"
+            self._log.event("listening", f"listening on {where}{label}{kept}", address=str(where))
+        self._receiver = stack.enter_context(receiver)
+        on_notify = functools.partial(self._supervisor.on_notify, receiver)
+        self._selector.register(receiver, selectors.EVENT_READ, on_notify)
+        self._control = control
+        stack.callback(self._close_control)
+        self._selector.register(control, selectors.EVENT_READ, self._on_control)
+        self._restarts.open(self._supervisor, self._listeners, control)
+        stack.callback(self._restarts.close)  # first: it may disown paths a taker uses
+        return receiver
+
+    def _catch_signals(self, stack: contextlib.ExitStack) -> None:
+        wake_read, wake_write = socket.socketpair()
+        for sock in (wake_read, wake_write):
+            sock.setblocking(False)
+            stack.callback(sock.close)
+        previous = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+        stack.callback(signal.set_wakeup_fd, previous)
+        stack.enter_context(SignalCapture({sig: self._signals.put for sig in _HANDLED}))
+        # After an exec in place they were blocked across it; pending ones come now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+        self._selector.register(wake_read, selectors.EVENT_READ, lambda: self._on_signal(wake_read))
+
+    def _close_listeners(self) -> None:
+        # Not after a crash: a manager started anew (or systemd) may still use the paths.
+        final = self._supervisor.exit_code is not None
+        for listener in self._listeners:
+            listener.sock.close()
+            if final:
+                remove_unix_path(listener.stamp)
+
+    def _close_control(self) -> None:
+        for connection in self._reload_waiters.values():
+            connection.close()
+        self._control.close()
+
+    # Signals ------------------------------------------------------------------
+
+    def _on_signal(self, wake: socket.socket) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while wake.recv(4096):
+                pass
+        while not self._signals.empty():
+            received = self._signals.get()
+            if received == signal.SIGCHLD:
+                self._supervisor.on_sigchld()
+            elif received == signal.SIGHUP:
+                self._request_reload(None, "SIGHUP")
+            elif received in _FORWARDED:
+                self._supervisor.forward(received)
+            elif not self._restarts.delay_stop(received):
+                hurry = self._supervisor.machine.phase is not Phase.RUNNING
+                what = "hurried" if hurry else "requested"
+                self._log.event("stop", f"stop {what} by {received.name}", signal=received.name)
+                self._supervisor.feed(StopRequested())
+
+    # Control commands ---------------------------------------------------------
+
+    def _on_control(self) -> None:
+        connection = self._control.accept()
+        if connection is not None:
+            handler = functools.partial(self._on_client, connection)
+            self._selector.register(connection, selectors.EVENT_READ, handler)
+
+    def _on_client(self, connection: ControlConnection) -> None:
+        lines = None if connection.closed else connection.read_lines()
+        if lines is None:
+            self._selector.unregister(connection)
+            self._log.unsubscribe(connection)
+            connection.close()
+            return
+        for line in lines:
+            self._commands.dispatch(connection, line)
+
+    def _request_reload(self, connection: ControlConnection | None, by: str) -> None:
+        self._log.event("reload", f"reload requested by {by}")
+        machine = self._supervisor.machine
+        if machine.phase is Phase.RUNNING:
+            self._upstream.reload_requested()
+        if machine.starting is not None and connection is not None:
+            connection.send(progress("a reload is under way; a new one follows it"))
+        request = None
+        if connection is not None:
+            self._requests += 1
+            request = self._requests
+            self._reload_waiters[request] = connection
+            self._log.subscribe(connection)
+        self._supervisor.feed(ReloadRequested(request))
+
+    def _answer(self, result: ReloadResult, stderr: list[str]) -> None:
+        """Answer the clients that waited for this start."""
+        for request in result.requests:
+            connection = self._reload_waiters.pop(request, None)
+            if connection is None:
+                continue
+            self._log.unsubscribe(connection)
+            if result.ok:
+                connection.send(reply(True, generation=result.generation, message=result.reason))
+            else:
+                connection.send(error(result.reason, generation=result.generation, stderr=stderr))
+
+    def _reload(self, connection: ControlConnection, request: Message) -> None:
+        self._request_reload(connection, f"gapless reload (pid {connection.pid})")
+
+    def _stop(self, connection: ControlConnection, request: Message) -> None:
+        self._stop_waiters.append(connection)
+        self._log.subscribe(connection)
+        if self._supervisor.machine.phase is Phase.RUNNING:  # a second stop only waits too
+            self._log.event("stop", f"stop requested by gapless stop (pid {connection.pid})")
+            self._supervisor.feed(StopRequested())
+
+    def _status(self, connection: ControlConnection, request: Message) -> None:
+        about = {
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self._born, 3),
+            "command": list(self.config.command),
+            "ready": self.config.ready.text,
+            "control": self._control_path,
+            "version": __version__,
+            "upgrades": self._upgrades,
+            "restarts": self._restarts.status(),
+        }
+        supervisor = self._supervisor
+        report = snapshot(supervisor.machine, supervisor.children, self._listeners, about)
+        connection.send(reply(True, **report))
+
+    def _upgrade(self, connection: ControlConnection, request: Message) -> None:
+        python = str(request.get("python") or sys.executable)
+        env = dict(self._environ)
+        if self._upstream.address:
+            env["NOTIFY_SOCKET"] = self._upstream.address
+        try:
+            problem = upgrade_refusal(self._supervisor.machine) or self._restarts.upgrade_refusal()
+            if problem:
+                raise UpgradeError(f"cannot upgrade now: {problem}; retry in a moment")
+            check_target(python, env)
+        except UpgradeError as exc:
+            connection.send(error(str(exc)))
+            return
+        self._log.event("upgrading", f"re-executing pid {os.getpid()} in place with {python}")
+        connection.send(reply(True, message=f"re-executing pid {os.getpid()} with {python}"))
+        state, fds = export_state(self._handover())
+        try:
+            exec_in_place(python, state, fds, env, _HANDLED)
+        except OSError as exc:
+            self._log.event("failed", f"upgrade failed: cannot exec {python}: {exc.strerror}")
+
+    def _handover(self) -> Handover:
+        return Handover(
+            config=self.config,
+            control_path=self._control_path,
+            control=self._control,
+            receiver=self._receiver,
+            listeners=self._listeners,
+            machine=self._supervisor.machine,
+            children=self._supervisor.children,
+            upstream=self._upstream,
+            born=self._born,
+            upgrades=self._upgrades,
+        )
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """TCP_NODELAY on a TCP listener, which every accepted connection inherits (Linux).
+
+    A server that takes its socket as a bare fd may not know it is TCP and so never
+    set it: ``uvicorn --fd`` wraps the fd as AF_UNIX, asyncio then skips TCP_NODELAY,
+    and each keep-alive response waits out Nagle's 40 ms for the client's delayed ACK.
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

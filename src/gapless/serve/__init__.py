@@ -1,0 +1,1 @@
+"""``gapless serve``: Python web apps served with a drain that loses nothing."""

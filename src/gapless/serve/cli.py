@@ -1,0 +1,146 @@
+"""``gapless serve``: a Python web application with reloads that lose no request.
+
+::
+
+    gapless serve MODULE:APP [--bind [NAME=]ADDRESS]... [--interface auto|asgi|wsgi|aiohttp]
+                  [--server uvicorn|hypercorn] [--workers N] [--hooks MODULE]
+                  [--drain-timeout S] [--certfile F --keyfile F] [limits...]
+                  [--control PATH] [--pid-file PATH] [--ready-timeout S] [--log-format F]
+
+It is the manager of ``gapless run`` (one process with a stable PID that keeps
+the sockets; SIGHUP or ``gapless reload`` starts a new generation, which
+imports the application afresh) running ``python -m gapless.serve.child`` as
+its generations, with readiness by ``READY=1`` only.
+
+Started with sockets of its own (``LISTEN_FDS`` for its PID: under
+``gapless run``, systemd socket activation or another manager), it is one
+generation instead, exactly ``python -m gapless.serve.child``: whatever passed
+the sockets also restarts it.
+
+Example::
+
+    gapless serve myapp:app --bind :8000 --workers 4 &
+    gapless reload       # a new generation, ready before the old one drains
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import GaplessError, ServeError
+from ..run.eventlog import LOG_FORMATS
+from ..sockets.addresses import Bind, parse_bind
+from .options import add_child_options, child_argv, seconds
+
+__all__ = ["DEFAULT_BIND", "DRAIN_MARGIN", "add_parser", "child_command", "inherited", "run"]
+
+DEFAULT_BIND = "127.0.0.1:8000"  # uvicorn's default
+EXIT_USAGE = 2
+#: Seconds the manager adds to ``--drain-timeout`` before it kills a draining
+#: generation: the generation cuts what remains itself at its deadline, then
+#: runs the application's shutdown (lifespan, on_cleanup) and its hooks.
+DRAIN_MARGIN = 5.0
+
+_HELP = """\
+Serve MODULE:APP (ASGI, WSGI or aiohttp) as generations on sockets this process
+keeps. `gapless reload` or SIGHUP starts a new generation, which imports the
+application afresh; once it is ready (its startup done, its sockets served) the
+old one stops accepting, answers every request it holds, says `Connection: close`
+on each response and exits. SIGTERM, SIGINT or `gapless stop` drain and exit.
+
+Started with inherited sockets (LISTEN_FDS, e.g. under `gapless run` or systemd),
+it serves as one generation instead, and --bind is refused."""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``serve`` to the ``gapless`` command's subparsers; return its parser."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve a Python web application, reloaded without losing a request",
+        description=_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_child_options(serve, standalone=False)
+    serve.add_argument(
+        "--bind", action="append", default=[], type=_bind, metavar="[NAME=]ADDRESS",
+        help=f"HOST:PORT, [V6]:PORT, unix:PATH or fd://N; repeatable (default {DEFAULT_BIND})",
+    )  # fmt: skip
+    serve.add_argument("--control", metavar="PATH", help="the control socket (as gapless run)")
+    serve.add_argument("--pid-file", metavar="PATH", help="write the manager's (stable) PID here")
+    serve.add_argument(
+        "--ready-timeout", type=seconds, default=60.0, metavar="S",
+        help="kill a generation not ready by then (default 60)",
+    )  # fmt: skip
+    serve.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="default text")
+    return serve  # type: ignore[no-any-return]
+
+
+def inherited(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """True when this process was given sockets (``LISTEN_FDS`` with its own PID)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("LISTEN_FDS")) and env.get("LISTEN_PID") == str(os.getpid())
+
+
+def child_command(args: argparse.Namespace) -> list[str]:
+    """The command of each generation for the parsed ``gapless serve`` options."""
+    return [sys.executable, "-m", "gapless.serve.child", *child_argv(args)]
+
+
+def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> int:
+    """Run ``gapless serve`` as parsed; returns the exit code (2: a misuse).
+
+    Raises:
+        GaplessError: a bad setting (one line), a socket that cannot be opened.
+    """
+    if (args.certfile is None) != (args.keyfile is None):
+        message = "give --certfile and --keyfile together; see gapless serve --help"
+        print(f"gapless serve: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    if inherited():
+        if args.bind:
+            raise ServeError("--bind given but sockets were inherited (LISTEN_FDS): drop --bind")
+        from .child import main as serve_child
+
+        return serve_child(child_argv(args))
+    names = {bind.name for bind in args.bind}
+    for text in args.app_by_name:
+        name = text.partition("=")[0]
+        if name not in names:
+            message = f"--app {text!r} names no socket: add --bind {name}=ADDRESS"
+            print(f"gapless serve: error: {message}; see gapless serve --help", file=sys.stderr)
+            return EXIT_USAGE
+    for option in ("certfile", "keyfile"):
+        path = getattr(args, option)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ServeError(f"cannot read --{option} {path!r}: check the path and permissions")
+    from ..run.manager import Manager, ManagerConfig, ReadyMode
+
+    config = ManagerConfig(
+        command=child_command(args),
+        binds=args.bind or [parse_bind(DEFAULT_BIND)],
+        control_path=args.control,
+        pid_file=args.pid_file,
+        ready=ReadyMode.parse("notify"),  # READY=1 after the startup: never accept alone
+        ready_timeout=args.ready_timeout,
+        drain_timeout=args.drain_timeout + DRAIN_MARGIN,
+        stop_signal=signal.SIGTERM,
+        log_format=args.log_format,
+        **(restarts or {}),
+    )
+    if config.handoff_path is not None:
+        from ..run.front import run_front
+
+        return run_front(config)
+    return Manager(config).run()
+
+
+def _bind(text: str) -> Bind:
+    try:
+        return parse_bind(text)
+    except GaplessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

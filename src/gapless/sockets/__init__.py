@@ -1,0 +1,1 @@
+"""Sockets: bind addresses, listeners opened or adopted, passing them between processes."""
