@@ -61,7 +61,9 @@ class Loop:
 
     def _loop(self) -> None:
         selector = self._selector
-        selector.register(self.server, selectors.EVENT_READ, lambda: self.clients.accept(self.server))
+        selector.register(
+            self.server, selectors.EVENT_READ, lambda: self.clients.accept(self.server)
+        )
         selector.register(self._wake_read, selectors.EVENT_READ, None)
         while True:
             wake_at = self.clients.wake_at()

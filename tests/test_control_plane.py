@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,12 @@ NOTIFY = ("--ready", "notify")
 
 
 def connect(path: str) -> socket.socket:
+    """A client connected to ``path``: a blocking connect waits while the backlog is
+    full (a non-blocking one fails at once), up to TIMEOUT (SO_SNDTIMEO)."""
     sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(TIMEOUT), 0))
     sock.connect(path)
+    sock.settimeout(TIMEOUT)
     return sock
 
 
@@ -126,16 +130,21 @@ def test_every_wrong_type_of_every_field_is_one_error_line_and_changes_nothing(
     ("python", "error"),
     [
         ("a\0b", "\"python\" 'a\\x00b' contains a NUL byte; pass the interpreter's absolute path"),
-        ("\ud800", "\"python\" '\\ud800' is not a valid path; pass the interpreter's absolute path"),
+        (
+            "\ud800",
+            "\"python\" '\\ud800' is not a valid path; pass the interpreter's absolute path",
+        ),
         ("bin/python", "cannot upgrade with 'bin/python': not an absolute path; pass the full"),
         ("/nonexistent/python", "cannot upgrade with '/nonexistent/python': no such file;"),
         ("/", "cannot upgrade with '/': not a regular file; pass the interpreter's path"),
-        ("/etc/hostname", "cannot upgrade with '/etc/hostname': not executable; pass"),
+        ("{tmp}/plain", "cannot upgrade with '{tmp}/plain': not executable; pass"),
     ],
 )
 def test_a_bad_upgrade_target_is_one_error_line_naming_it(
     tmp_path: Path, python: str, error: str
 ) -> None:
+    (tmp_path / "plain").write_text("#!/bin/sh\n")  # 0644: root may not run it either
+    python, error = (text.replace("{tmp}", str(tmp_path)) for text in (python, error))
     with running(tmp_path, DEMO) as manager:
         before = stable(manager.status())
         answer = manager.call("upgrade", python=python)
@@ -193,7 +202,7 @@ def test_invariant_7_an_exception_in_a_handler_drops_only_that_client(tmp_path: 
             with send_request(manager.control, "fault", where="handler") as faulty:
                 lines = answers(faulty)  # one error line, then EOF: dropped
             manager.wait_line(r"bug: an unexpected InjectedFault in the control request")
-            manager.wait_line(r'raise InjectedFault\(')  # the traceback
+            manager.wait_line(r"raise InjectedFault\(")  # the traceback
             bystander.sendall(b'{"v": 1, "cmd": "status"}\n')
             status = final_answer(bystander)
         prober.wait_answers(prober.answered + 3)
@@ -235,18 +244,20 @@ def test_invariant_7_a_loop_exception_during_a_reload_keeps_the_starting_generat
 ) -> None:
     command = tmp_path / "command.json"
     second = app("ready_on_usr1.py", *app("fault_server.py"))
-    with running(tmp_path, write_command(command, DEMO), *NOTIFY, env=FAULTS) as manager:
-        with Prober(manager.port) as prober:
-            write_command(command, second)
-            manager.signal(signal.SIGHUP)
-            starting = int(manager.wait_line(r"generation 2 started as pid (\d+)").group(1))
-            manager.wait_line(r"\[gen 2 pid \d+\] waiting for SIGUSR1")
-            assert manager.call("fault", where="loop")["ok"]
-            manager.wait_line(r"resumed in place")
-            states = [(g["generation"], g["state"]) for g in manager.status()["generations"]]
-            os.kill(starting, signal.SIGUSR1)  # its READY=1 reaches the new process
-            manager.wait_line(r"generation 2 ready after")
-            prober.wait_answer_from(starting)
+    with (
+        running(tmp_path, write_command(command, DEMO), *NOTIFY, env=FAULTS) as manager,
+        Prober(manager.port) as prober,
+    ):
+        write_command(command, second)
+        manager.signal(signal.SIGHUP)
+        starting = int(manager.wait_line(r"generation 2 started as pid (\d+)").group(1))
+        manager.wait_line(r"\[gen 2 pid \d+\] waiting for SIGUSR1")
+        assert manager.call("fault", where="loop")["ok"]
+        manager.wait_line(r"resumed in place")
+        states = [(g["generation"], g["state"]) for g in manager.status()["generations"]]
+        os.kill(starting, signal.SIGUSR1)  # its READY=1 reaches the new process
+        manager.wait_line(r"generation 2 ready after")
+        prober.wait_answer_from(starting)
     assert states == [(1, "active"), (2, "starting")]
     assert prober.failures == []
 

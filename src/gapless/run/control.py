@@ -34,7 +34,7 @@ import socket
 import stat
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AddressInUseError, ControlError, ListenError, NoManagerError
@@ -126,13 +126,21 @@ def progress(message: str, **fields: Any) -> Message:
 
 
 class ControlConnection:
-    """One accepted client: non-blocking, with the peer's pid and uid."""
+    """One accepted client: non-blocking, with the peer's pid and uid.
+
+    ``waiting`` counts the answers the manager still owes it (a reload, a stop,
+    an upgrade); such a client is not idle. Whoever watches the connection (see
+    :class:`~gapless.run.clients.Clients`) sets :meth:`on_close`, so that every
+    way it ends, a failed send included, goes through the one :meth:`close`.
+    """
 
     def __init__(self, sock: socket.socket, pid: int, uid: int) -> None:
         self._sock = sock
         self.pid = pid
         self.uid = uid
+        self.waiting = 0
         self._buffer = b""
+        self._on_close: Callable[[ControlConnection], None] | None = None
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -140,6 +148,11 @@ class ControlConnection:
     @property
     def closed(self) -> bool:
         return self._sock.fileno() == -1
+
+    def on_close(self, callback: Callable[[ControlConnection], None]) -> None:
+        """Call ``callback`` once, just before the socket is closed (while its fd is
+        still valid, so that it can be unregistered from a selector)."""
+        self._on_close = callback
 
     def read_lines(self) -> list[bytes] | None:
         """The complete lines received so far; None once the peer has gone."""
@@ -158,7 +171,7 @@ class ControlConnection:
         return [line for line in lines if line.strip()]
 
     def send(self, message: Message) -> bool:
-        """Send one line; a client too slow to take it is dropped (False)."""
+        """Send one line; a client too slow to take it is closed (False)."""
         if self.closed:
             return False
         data = json.dumps(message).encode() + b"\n"
@@ -171,6 +184,12 @@ class ControlConnection:
         return True
 
     def close(self) -> None:
+        """Close the connection, telling its watcher first. Idempotent."""
+        if self.closed:
+            return
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            callback(self)
         self._sock.close()
 
 
@@ -278,6 +297,8 @@ class ControlServer:
 
 
 Handler = Callable[[ControlConnection, Message], None]
+#: Checks one request field's value: the one-line problem with it, or None.
+FieldCheck = Callable[[object], str | None]
 
 
 @dataclass(frozen=True)
@@ -285,29 +306,47 @@ class Command:
     name: str
     help: str
     handler: Handler
+    fields: Mapping[str, FieldCheck] = field(default_factory=dict)
 
 
 class CommandTable:
-    """Commands by name, each with its help; ``help`` itself is built in."""
+    """Commands by name, each with its help and the fields it takes; ``help`` itself
+    is built in.
+
+    A field a command declares is checked before its handler runs, so a handler
+    only sees values of the right type and form; fields no command declares are
+    ignored (a newer client may send more).
+    """
 
     def __init__(self) -> None:
         self._commands: dict[str, Command] = {}
         self.register("help", "list the commands and what they do", self._help)
 
-    def register(self, name: str, help: str, handler: Handler) -> None:
-        self._commands[name] = Command(name, help, handler)
+    def register(
+        self, name: str, help: str, handler: Handler, fields: Mapping[str, FieldCheck] | None = None
+    ) -> None:
+        self._commands[name] = Command(name, help, handler, dict(fields or {}))
 
     def describe(self) -> dict[str, str]:
         return {name: command.help for name, command in sorted(self._commands.items())}
 
     def dispatch(self, connection: ControlConnection, line: bytes) -> None:
-        """Parse one request line and run its command; a bad one gets an error reply."""
+        """Parse one request line and run its command; a bad one gets an error reply.
+
+        Raises:
+            Exception: whatever the handler raised (a bug): the caller answers and
+                drops this client alone (see gapless.run.clients).
+        """
         try:
             request = _parse_request(line)
             command = self._commands.get(request["cmd"])
             if command is None:
                 known = ", ".join(sorted(self._commands))
                 raise ControlError(f"unknown command {request['cmd']!r}; known: {known}")
+            for name, check in command.fields.items():
+                problem = check(request[name]) if name in request else None
+                if problem is not None:
+                    raise ControlError(problem)
         except ControlError as exc:
             connection.send(error(str(exc)))
             return
@@ -324,9 +363,10 @@ def _parse_request(line: bytes) -> Message:
         raise ControlError(f"request {line[:60]!r} is not JSON; send one object a line") from None
     if not isinstance(request, dict):
         raise ControlError('a request must be a JSON object like {"v": 1, "cmd": "status"}')
-    if request.get("v") != PROTOCOL_VERSION:
+    version = request.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
         raise ControlError(
-            f"unsupported protocol version {request.get('v')!r}; this manager speaks "
+            f"unsupported protocol version {version!r}; this manager speaks "
             f"{PROTOCOL_VERSION}: upgrade the client or the manager"
         )
     if not isinstance(request.get("cmd"), str):
@@ -359,16 +399,9 @@ def call(
         ControlError: permission denied, a broken answer, or the manager went away.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     with sock:
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-            raise NoManagerError(
-                f"no gapless manager at {path}: start one with gapless run, or pass --control"
-            ) from None
-        except OSError as exc:
-            raise ControlError(f"cannot reach the manager at {path}: {exc.strerror}") from None
+        _connect(sock, path, timeout)
+        sock.settimeout(timeout)
         request = {"v": PROTOCOL_VERSION, "cmd": cmd, **fields}
         with sock.makefile("rb") as lines:
             # A refused peer is answered and dropped at once: read that answer even
@@ -382,6 +415,31 @@ def call(
     if answer is None:
         raise ControlError(f"the manager at {path} closed the connection before answering {cmd!r}")
     return answer
+
+
+def _connect(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """Connect in blocking mode: a unix socket's non-blocking connect fails at once
+    (EAGAIN) while the listener's backlog is full; a blocking one waits for room,
+    up to ``timeout`` (SO_SNDTIMEO bounds a blocking connect)."""
+    if timeout is not None:
+        seconds = max(timeout, 0.001)
+        timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        raise NoManagerError(
+            f"no gapless manager at {path}: start one with gapless run, or pass --control"
+        ) from None
+    except BlockingIOError:
+        raise ControlError(
+            f"the manager at {path} accepted no connection within {timeout or 0:g} s "
+            "(its backlog is full); retry"
+        ) from None
+    except OSError as exc:
+        raise ControlError(f"cannot reach the manager at {path}: {exc.strerror}") from None
+    if timeout is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
 
 
 def _read_answer(

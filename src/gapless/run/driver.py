@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import os
 import selectors
 import signal
 import time
@@ -30,9 +31,12 @@ from ..errors import GaplessError, NotifyError
 from ..proc.subreaper import group_members
 from ..sockets.connections import ConnectionCounter
 from ..systemd.notify import NotifyReceiver
+from .bugs import report_bug
 from .children import Children, Proc
 from .config import Listener, ManagerConfig
+from .dropped import DroppedDatagrams
 from .eventlog import EventLog
+from .faults import Faults
 from .generations import (
     Activated,
     Boot,
@@ -72,6 +76,7 @@ class Supervisor:
         upstream: what systemd is told.
         on_report: called with each start's result and the failed child's last
             stderr lines, to answer the clients waiting on it.
+        faults: the test-only fault injection (gapless.run.faults).
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class Supervisor:
         log: EventLog,
         upstream: Upstream,
         on_report: Reporter,
+        faults: Faults | None = None,
     ) -> None:
         self.config = config
         self._environ = dict(environ)
@@ -99,6 +105,8 @@ class Supervisor:
         self._notify_address = ""
         self._readiness: Readiness | None = None  # once start() knows the sockets
         self._connections = ConnectionCounter(frozenset(), frozenset())
+        self.dropped = DroppedDatagrams(log)
+        self._faults = Faults({}) if faults is None else faults
 
     def start(self, listeners: Sequence[Listener], receiver: NotifyReceiver, boot: bool) -> None:
         """Take the sockets; with ``boot``, spawn generation 1 (else one was adopted).
@@ -141,6 +149,9 @@ class Supervisor:
     def wake_at(self) -> float | None:
         """The next deadline or readiness check (monotonic); None: wait for events."""
         wake_at = [when for when, _ in self.machine.timers()]
+        dropped = self.dropped.wake_at()
+        if dropped is not None:
+            wake_at.append(dropped)
         starting = self._starting()
         if starting is not None and self._readiness is not None:
             check_at = self._readiness.wake_at(starting[0].started)
@@ -150,6 +161,7 @@ class Supervisor:
 
     def tick(self, now: float) -> None:
         """Feed the deadlines that passed, then look at the starting generation."""
+        self.dropped.tick(now)
         while self.exit_code is None:
             due = [event for when, event in self.machine.timers() if when <= now]
             if not due:
@@ -214,31 +226,45 @@ class Supervisor:
                 self.children.release(proc.number)
 
     def on_notify(self, receiver: NotifyReceiver) -> None:
-        """Route the pending datagrams: READY=1 of the starting one, STATUS= of any."""
-        for _ in range(64):  # a bounded batch: a flood of datagrams cannot starve the loop
+        """Route the pending datagrams: READY=1 of the starting one, STATUS= of any.
+
+        A bounded batch, so that a flood cannot starve the loop. A datagram whose
+        handling raises (a bug) is dropped alone, its traceback logged.
+        """
+        for _ in range(64):
             try:
-                note = receiver.receive()
-            except NotifyError as exc:
-                self._log.event("warning", f"ignored a notify datagram: {exc}")
-                continue
-            if note is None:
-                return
-            starting = self.machine.starting
-            proc = self.children.sender(note.pid, starting.number if starting else None)
-            if proc is None:  # anyone may send to an abstract socket: READY=1 too
-                self._log.event(
-                    "warning",
-                    f"ignored a notify datagram from pid {note.pid}: "
-                    "not a process of any generation",
-                    pid=note.pid,
-                )
-                continue
-            if note.status is not None:
-                proc.status_line = note.status
-            wanted = self.config.ready.notify and starting is not None
-            if wanted and note.ready and starting and proc.number == starting.number:
-                proc.ready_via = "notify"
-                self.feed(ChildReady(proc.number))
+                if not self._route(receiver):
+                    return
+            except Exception as exc:
+                report_bug(self._log, "a notify datagram's handler", exc)
+
+    def _route(self, receiver: NotifyReceiver) -> bool:
+        """Handle one pending datagram; False if there was none."""
+        now = time.monotonic()
+        try:
+            note = receiver.receive()
+        except NotifyError as exc:
+            self.dropped.drop(f": {exc}", now)
+            return True
+        if note is None:
+            return False
+        self._faults.check("notify")
+        if note.uid not in (0, os.getuid()):  # before anything about it is logged
+            self.dropped.drop(f" from uid {note.uid} (pid {note.pid}): not this user", now)
+            return True
+        starting = self.machine.starting
+        proc = self.children.sender(note.pid, starting.number if starting else None)
+        if proc is None:
+            detail = f" from pid {note.pid}: not a process of any generation"
+            self.dropped.drop(detail, now)
+            return True
+        if note.status is not None:
+            proc.status_line = note.status
+        wanted = self.config.ready.notify and starting is not None
+        if wanted and note.ready and starting and proc.number == starting.number:
+            proc.ready_via = "notify"
+            self.feed(ChildReady(proc.number))
+        return True
 
     # Actions ------------------------------------------------------------------
 

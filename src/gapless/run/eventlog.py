@@ -51,14 +51,14 @@ class EventLog:
         if subscriber in self._subscribers:
             self._subscribers.remove(subscriber)
 
-    def event(self, kind: str, message: str, **fields: Any) -> None:
-        """Log one lifecycle event and tell the subscribers."""
+    def event(self, kind: str, message: str, *, relay: bool = True, **fields: Any) -> None:
+        """Log one lifecycle event and, with ``relay``, tell the subscribers."""
         if self.format == "json":
             record = {"time": round(time.time(), 3), "event": kind, "message": message, **fields}
             self._write(json.dumps(record))
         else:
             self._write(f"gapless[{self._pid}]: {message}")
-        for subscriber in list(self._subscribers):
+        for subscriber in list(self._subscribers) if relay else ():
             if not subscriber.send({"v": 1, "progress": message, "event": kind, **fields}):
                 self.unsubscribe(subscriber)
 

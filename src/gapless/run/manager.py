@@ -7,13 +7,20 @@ the active one; when it is ready the old one gets the stop signal and drains by
 its deadline. Nothing is proxied: the children accept on the manager's sockets.
 
 The driver is one ``selectors`` loop over: a signal wakeup fd, each child's
-pidfd and stderr pipe, the notify socket, the control socket and its clients,
-with the next deadline as the timeout. An idle manager sleeps in ``select()``
+pidfd and stderr pipe, the notify socket, the control socket and its clients
+(gapless.run.clients), with the next deadline as the timeout. An idle manager sleeps in ``select()``
 with no timeout at all. The only periodic wakeup is the ``accept`` readiness
 check, every 20 ms, and only while a generation is starting. The decisions are
 in :class:`~gapless.run.generations.Generations`, their carrying out in
 :class:`~gapless.run.driver.Supervisor`; this module owns the sockets, the
 signals and the control commands.
+
+The manager's failure is never the service's (invariant 7): an exception in a
+control command or a notify datagram's handler drops that client or datagram
+alone; one in the loop itself re-executes the manager in place, with its pid,
+sockets and generations (gapless.run.inplace); only an explicit stop ends the
+generations. The notify socket is a path in the user's private (0700) control
+directory, so only the manager's user (and root) can reach it.
 
 Example::
 
@@ -27,49 +34,51 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import selectors
 import signal
 import socket
-import sys
 import time
 from collections.abc import Mapping
 from queue import SimpleQueue
 from typing import Any
 
 from .._version import __version__
-from ..errors import UpgradeError
+from ..errors import ControlError, NotifyError
 from ..proc.pidfile import remove_pid_file, write_pid_file
 from ..proc.signals import SignalCapture
 from ..proc.subreaper import set_child_subreaper
 from ..sockets.listeners import listener_address, remove_unix_path
 from ..systemd.notify import NotifyReceiver
+from .clients import Clients
 from .config import Listener, ManagerConfig, ReadyMode, open_listeners
 from .control import (
     CommandTable,
     ControlConnection,
     ControlServer,
     Message,
+    control_directory,
     default_control_path,
+    ensure_private_directory,
     error,
     progress,
     reply,
 )
 from .driver import Supervisor
 from .eventlog import EventLog
-from .generations import Phase, ReloadRequested, ReloadResult, StopRequested
+from .faults import Faults
+from .generations import LIVE, Phase, ReloadRequested, ReloadResult, StopRequested
+from .inplace import InPlace
 from .reexec import (
     Handover,
     adopt_generations,
-    check_target,
     config_from_json,
-    exec_in_place,
-    export_state,
     listeners_from_json,
     stamp_from_json,
-    upgrade_refusal,
 )
 from .restarts import Restarts
 from .status import snapshot
+from .upgrade_check import python_problem
 from .upstream import Upstream
 
 __all__ = ["Manager", "ManagerConfig", "ReadyMode"]
@@ -121,21 +130,42 @@ class Manager:
         self._stop_waiters: list[ControlConnection] = []
         self._born = time.monotonic() if resume is None else float(resume["born"])
         self._upgrades = 0 if resume is None else int(resume["upgrades"])
+        self._recoveries = 0 if resume is None else int(resume.get("recoveries", 0))
+        self._faults = Faults(self._environ)
         self._supervisor = Supervisor(
-            config, self._environ, self._selector, self._log, self._upstream, self._answer
+            config,
+            self._environ,
+            self._selector,
+            self._log,
+            self._upstream,
+            self._answer,
+            self._faults,
+        )
+        self._in_place = InPlace(
+            self._log,
+            self._selector,
+            self._environ,
+            self._upstream,
+            self._handover,
+            self._restarts.upgrade_refusal,
+            self._pending_signals,
+            _HANDLED,
         )
         self._commands = CommandTable()
         for name, help, handler in (
             ("reload", "start a new generation; answer once it is ready or failed", self._reload),
             ("status", "the generations, the listeners and the last reload", self._status),
             ("stop", "drain every generation, then exit; answer when stopped", self._stop),
-            (
-                "upgrade",
-                "exec a new gapless in place, keeping pid, sockets, children",
-                self._upgrade,
-            ),
         ):
             self._commands.register(name, help, handler)
+        self._commands.register(
+            "upgrade",
+            "exec a new gapless in place, keeping pid, sockets, children",
+            self._in_place.upgrade,
+            {"python": python_problem},
+        )
+        self._faults.register(self._commands)
+        self._clients = Clients(self._selector, self._log, self._commands)
 
     @classmethod
     def resume(cls, state: Mapping[str, Any]) -> Manager:
@@ -160,13 +190,10 @@ class Manager:
             if self._resume is not None:
                 self._log.event("resumed", f"resumed in place as pid {os.getpid()} ({__version__})")
             while supervisor.exit_code is None:
-                times = (supervisor.wake_at(), self._restarts.wake_at())
-                wake_at = min((when for when in times if when is not None), default=None)
-                timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
-                for key, _ in self._selector.select(timeout):
-                    key.data()
-                supervisor.tick(time.monotonic())
-                self._restarts.tick(time.monotonic())
+                try:
+                    self._turn()
+                except Exception as exc:  # invariant 7: never the service's failure
+                    self._in_place.recover(exc)
         # Answered only now, once the sockets, socket paths and PID file are gone,
         # so that `gapless stop && gapless run ...` finds everything free.
         self._log.event("stopped", f"stopped with exit code {supervisor.exit_code}")
@@ -175,11 +202,32 @@ class Manager:
             connection.close()
         return supervisor.exit_code
 
+    def _turn(self) -> None:
+        """One turn of the loop: wait for the next event or deadline, handle it."""
+        supervisor = self._supervisor
+        times = (
+            supervisor.wake_at(),
+            self._restarts.wake_at(),
+            self._clients.wake_at(),
+            self._in_place.wake_at(),
+        )
+        wake_at = min((when for when in times if when is not None), default=None)
+        timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+        for key, _ in self._selector.select(timeout):
+            key.data()
+        now = time.monotonic()
+        supervisor.tick(now)
+        self._restarts.tick(now)
+        self._clients.tick(now)
+        self._in_place.tick(now)
+        self._faults.check("loop")
+
     # Setup --------------------------------------------------------------------
 
     def _open(self, stack: contextlib.ExitStack) -> None:
         stack.callback(self._selector.close)
-        stack.callback(self._supervisor.children.close)
+        stack.callback(self._supervisor.children.close)  # they are gone, or setup failed
+        stack.callback(self._in_place.close)
         if not set_child_subreaper():
             self._log.event("warning", "cannot become a child subreaper; orphans go to init")
         stack.callback(self._close_listeners)
@@ -193,19 +241,23 @@ class Manager:
         self._supervisor.start(self._listeners, receiver, boot=self._resume is None)
         if self._resume is not None:
             supervisor = self._supervisor
-            adopt_generations(self._resume, supervisor.children, supervisor.machine, self._upstream)
+            machine = supervisor.machine
+            adopt_generations(self._resume, supervisor.children, machine, self._upstream)
+            if machine.phase is Phase.STOPPING and not machine.in_state(*LIVE):
+                supervisor.exit_code = machine.exit_code  # the stop was all but over
 
     def _open_sockets(self, stack: contextlib.ExitStack) -> NotifyReceiver:
         state = self._resume
         if state is None:
             taken = self._restarts.take_over()  # --handoff: a running instance's sockets
             self._listeners = open_listeners(self.config.binds, self._environ, taken)
-            receiver = NotifyReceiver()
+            receiver = self._notify_receiver()
             private = self.config.control_path is None
             control = self._restarts.control_server(self._control_path, private)
         else:
             self._listeners = listeners_from_json(state["listeners"])
-            receiver = NotifyReceiver.adopt(state["notify"]["fd"], state["notify"]["address"])
+            notify = state["notify"]
+            receiver = NotifyReceiver.adopt(notify["fd"], notify["address"], notify.get("identity"))
             stamp = stamp_from_json(state["control"]["stamp"])
             control = ControlServer.adopt(state["control"]["fd"], self._control_path, stamp)
         for listener in self._listeners:
@@ -219,10 +271,27 @@ class Manager:
         self._selector.register(receiver, selectors.EVENT_READ, on_notify)
         self._control = control
         stack.callback(self._close_control)
-        self._selector.register(control, selectors.EVENT_READ, self._on_control)
+        on_control = functools.partial(self._clients.accept, control)
+        self._selector.register(control, selectors.EVENT_READ, on_control)
         self._restarts.open(self._supervisor, self._listeners, control)
         stack.callback(self._restarts.close)  # first: it may disown paths a taker uses
         return receiver
+
+    def _notify_receiver(self) -> NotifyReceiver:
+        """A path socket in the user's 0700 control directory: an abstract one may
+        be reached by any process in the network namespace."""
+        directory = control_directory(self._environ)
+        name = f"notify-{os.getpid()}-{secrets.token_hex(4)}.sock"
+        try:
+            ensure_private_directory(directory)
+            return NotifyReceiver(os.path.join(directory, name))
+        except (ControlError, NotifyError) as exc:
+            self._log.event(
+                "warning",
+                f"{exc}; the notify socket is abstract instead, reachable by any local "
+                "process (datagrams of other users are dropped)",
+            )
+            return NotifyReceiver()
 
     def _catch_signals(self, stack: contextlib.ExitStack) -> None:
         wake_read, wake_write = socket.socketpair()
@@ -245,9 +314,15 @@ class Manager:
                 remove_unix_path(listener.stamp)
 
     def _close_control(self) -> None:
-        for connection in self._reload_waiters.values():
-            connection.close()
+        self._clients.close(keep=self._stop_waiters)
         self._control.close()
+
+    def _pending_signals(self) -> list[signal.Signals]:
+        """The signals caught but not handled yet, taken out of the queue."""
+        pending = []
+        while not self._signals.empty():
+            pending.append(self._signals.get())
+        return pending
 
     # Signals ------------------------------------------------------------------
 
@@ -258,6 +333,7 @@ class Manager:
         while not self._signals.empty():
             received = self._signals.get()
             if received == signal.SIGCHLD:
+                self._in_place.collect()  # first: its exit status is its own
                 self._supervisor.on_sigchld()
             elif received == signal.SIGHUP:
                 self._request_reload(None, "SIGHUP")
@@ -271,22 +347,6 @@ class Manager:
 
     # Control commands ---------------------------------------------------------
 
-    def _on_control(self) -> None:
-        connection = self._control.accept()
-        if connection is not None:
-            handler = functools.partial(self._on_client, connection)
-            self._selector.register(connection, selectors.EVENT_READ, handler)
-
-    def _on_client(self, connection: ControlConnection) -> None:
-        lines = None if connection.closed else connection.read_lines()
-        if lines is None:
-            self._selector.unregister(connection)
-            self._log.unsubscribe(connection)
-            connection.close()
-            return
-        for line in lines:
-            self._commands.dispatch(connection, line)
-
     def _request_reload(self, connection: ControlConnection | None, by: str) -> None:
         self._log.event("reload", f"reload requested by {by}")
         machine = self._supervisor.machine
@@ -299,6 +359,7 @@ class Manager:
             self._requests += 1
             request = self._requests
             self._reload_waiters[request] = connection
+            connection.waiting += 1
             self._log.subscribe(connection)
         self._supervisor.feed(ReloadRequested(request))
 
@@ -308,6 +369,7 @@ class Manager:
             connection = self._reload_waiters.pop(request, None)
             if connection is None:
                 continue
+            connection.waiting -= 1
             self._log.unsubscribe(connection)
             if result.ok:
                 connection.send(reply(True, generation=result.generation, message=result.reason))
@@ -319,6 +381,7 @@ class Manager:
 
     def _stop(self, connection: ControlConnection, request: Message) -> None:
         self._stop_waiters.append(connection)
+        connection.waiting += 1
         self._log.subscribe(connection)
         if self._supervisor.machine.phase is Phase.RUNNING:  # a second stop only waits too
             self._log.event("stop", f"stop requested by gapless stop (pid {connection.pid})")
@@ -333,32 +396,12 @@ class Manager:
             "control": self._control_path,
             "version": __version__,
             "upgrades": self._upgrades,
+            "recoveries": self._recoveries,
             "restarts": self._restarts.status(),
         }
         supervisor = self._supervisor
         report = snapshot(supervisor.machine, supervisor.children, self._listeners, about)
         connection.send(reply(True, **report))
-
-    def _upgrade(self, connection: ControlConnection, request: Message) -> None:
-        python = str(request.get("python") or sys.executable)
-        env = dict(self._environ)
-        if self._upstream.address:
-            env["NOTIFY_SOCKET"] = self._upstream.address
-        try:
-            problem = upgrade_refusal(self._supervisor.machine) or self._restarts.upgrade_refusal()
-            if problem:
-                raise UpgradeError(f"cannot upgrade now: {problem}; retry in a moment")
-            check_target(python, env)
-        except UpgradeError as exc:
-            connection.send(error(str(exc)))
-            return
-        self._log.event("upgrading", f"re-executing pid {os.getpid()} in place with {python}")
-        connection.send(reply(True, message=f"re-executing pid {os.getpid()} with {python}"))
-        state, fds = export_state(self._handover())
-        try:
-            exec_in_place(python, state, fds, env, _HANDLED)
-        except OSError as exc:
-            self._log.event("failed", f"upgrade failed: cannot exec {python}: {exc.strerror}")
 
     def _handover(self) -> Handover:
         return Handover(
@@ -372,6 +415,7 @@ class Manager:
             upstream=self._upstream,
             born=self._born,
             upgrades=self._upgrades,
+            recoveries=self._recoveries,
         )
 
 

@@ -13,8 +13,15 @@ its handlers and unblocks them, and the pending signals (a SIGCHLD, a HUP) are
 delivered then.
 
 The target interpreter is tried first (``python -m gapless.reexec --check``
-must print the state version this one writes), because an exec that fails to
-start would leave the children orphaned and the sockets closed.
+must print the state version this one writes, see gapless.run.upgrade_check),
+because an exec that fails to start would leave the children orphaned and the
+sockets closed.
+
+The same exec, with the same interpreter, is how the manager recovers from a bug
+in its own loop (invariant 7): then the state may be anything, a generation
+starting, being killed, or the manager stopping, and all of it is carried over;
+only the clients waiting for an answer lose their connection. Signals caught but
+not yet handled are raised again while blocked, so they wait across the exec.
 
 Example::
 
@@ -27,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,38 +44,13 @@ from ..systemd.notify import NotifyReceiver
 from .children import Children, Proc
 from .config import Listener, ManagerConfig
 from .control import ControlServer
-from .generations import Generation, Generations, GenState, Phase, ReloadResult
+from .generations import LIVE, Generation, Generations, GenState, Phase, ReloadResult
 from .readiness import ReadyMode
 from .upstream import Upstream
 
-__all__ = ["STATE_VERSION", "check_target", "exec_in_place", "read_state"]  # and helpers
+__all__ = ["STATE_VERSION", "exec_in_place", "read_state"]  # and helpers
 
 STATE_VERSION = 1
-_CHECK_TIMEOUT = 30.0
-
-
-def check_target(python: str, env: Mapping[str, str]) -> None:
-    """Make sure ``python`` runs a gapless that can resume from our state.
-
-    Raises:
-        UpgradeError: it cannot be run, has no gapless, or speaks another state version.
-    """
-    try:
-        result = subprocess.run(
-            [python, "-m", "gapless.reexec", "--check"],
-            capture_output=True,
-            text=True,
-            timeout=_CHECK_TIMEOUT,
-            env=dict(env),
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UpgradeError(f"cannot upgrade with {python!r}: {exc}; check the path") from None
-    if result.returncode != 0 or result.stdout.strip() != str(STATE_VERSION):
-        why = (result.stderr.strip().splitlines() or [result.stdout.strip()])[-1]
-        raise UpgradeError(
-            f"cannot upgrade with {python!r}: its gapless cannot resume state version "
-            f"{STATE_VERSION} ({why or 'no answer'}); install a compatible gapless there"
-        )
 
 
 def exec_in_place(
@@ -78,10 +59,14 @@ def exec_in_place(
     fds: Sequence[int],
     env: Mapping[str, str],
     blocked: Sequence[signal.Signals],
+    pending: Sequence[signal.Signals] = (),
 ) -> None:
     """Replace this process with ``python -m gapless.reexec``, handing over ``fds``.
 
-    Returns only if the exec failed; everything is then as it was.
+    ``pending`` are signals caught but not handled yet: raised again once
+    ``blocked`` are blocked, they wait across the exec for the new process.
+    Returns only if the exec failed; everything is then as it was (the pending
+    signals are delivered to this process again).
 
     Raises:
         OSError: the exec failed.
@@ -90,6 +75,8 @@ def exec_in_place(
     os.write(memfd, json.dumps({"v": STATE_VERSION, **state}).encode())
     os.lseek(memfd, 0, os.SEEK_SET)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    for sig in pending:
+        os.kill(os.getpid(), sig)
     try:
         for fd in fds:
             os.set_inheritable(fd, True)
@@ -141,6 +128,7 @@ class Handover:
     upstream: Upstream
     born: float
     upgrades: int
+    recoveries: int = 0
 
 
 def upgrade_refusal(machine: Generations) -> str | None:
@@ -156,12 +144,20 @@ def upgrade_refusal(machine: Generations) -> str | None:
 
 
 def export_state(handover: Handover) -> tuple[dict[str, Any], list[int]]:
-    """The state the new process resumes from, and the fds it must keep."""
+    """The state the new process resumes from, and the fds it must keep.
+
+    Every generation whose leader still runs is carried; one whose leader was
+    reaped (its group lingering) cannot be watched by the new process: see
+    :func:`unadoptable`.
+    """
     machine = handover.machine
-    live = machine.in_state(GenState.ACTIVE, GenState.DRAINING)
-    generations = generations_to_json(live, handover.children.procs)
+    procs = handover.children.procs
+    live = [gen for gen in machine.in_state(*LIVE) if gen.number in procs]
+    live = [gen for gen in live if procs[gen.number].status is None]
+    generations = generations_to_json(live, procs)
     last = machine.last_reload
     control = handover.control
+    receiver = handover.receiver
     state = {
         "config": config_to_json(handover.config),
         "control": {
@@ -169,30 +165,51 @@ def export_state(handover: Handover) -> tuple[dict[str, Any], list[int]]:
             "path": handover.control_path,
             "stamp": stamp_to_json(control.stamp),
         },
-        "notify": {"fd": handover.receiver.fileno(), "address": handover.receiver.address},
+        "notify": {
+            "fd": receiver.fileno(),
+            "address": receiver.address,
+            "identity": receiver.identity,
+        },
         "listeners": listeners_to_json(handover.listeners),
         "generations": generations,
         "last_reload": None if last is None else {**last.__dict__, "requests": ()},
         "upstream": handover.upstream.export(),
         "born": handover.born,
         "upgrades": handover.upgrades + 1,
+        "recoveries": handover.recoveries,
+        "stopping": None if machine.phase is Phase.RUNNING else machine.exit_code,
+        "queued": machine.queued is not None,
     }
-    fds = [control.fileno(), handover.receiver.fileno()]
+    fds = [control.fileno(), receiver.fileno()]
     fds += [item.sock.fileno() for item in handover.listeners]
     fds += [g["stderr_fd"] for g in generations if g["stderr_fd"] is not None]
     return state, fds
 
 
+def unadoptable(machine: Generations, children: Children) -> list[Proc]:
+    """The generations still live whose leader was reaped already: their group
+    lingers, and only a pidfd of the leader could be handed over."""
+    procs = children.procs
+    live = [procs[g.number] for g in machine.in_state(*LIVE) if g.number in procs]
+    return [proc for proc in live if proc.status is not None]
+
+
 def adopt_generations(
     state: Mapping[str, Any], children: Children, machine: Generations, upstream: Upstream
 ) -> None:
-    """In the new process: watch the generations handed over and restore their states."""
+    """In the new process: watch the generations handed over and restore their states
+    (and, after a recovery, a stop or a follow-up reload under way)."""
     handed_over = generations_from_json(state["generations"])
     for gen, pid, stderr_fd in handed_over:
         children.adopt(gen.number, pid, stderr_fd)
     last = state["last_reload"]
     last_reload = None if last is None else ReloadResult(**{**last, "requests": ()})
     machine.restore([gen for gen, _, _ in handed_over], last_reload)
+    if state.get("queued"):
+        machine.queued = ()
+    if state.get("stopping") is not None:
+        machine.phase = Phase.STOPPING
+        machine.exit_code = int(state["stopping"])
     upstream.restore(state["upstream"])
 
 

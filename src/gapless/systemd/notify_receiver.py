@@ -16,7 +16,7 @@ import secrets
 import socket
 import struct
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import NotifyError
@@ -104,23 +104,31 @@ class NotifyReceiver:
             ) from None
 
     @classmethod
-    def adopt(cls, fd: int, address: str) -> NotifyReceiver:
+    def adopt(cls, fd: int, address: str, identity: Sequence[int] | None = None) -> NotifyReceiver:
         """Wrap the receiver socket a process kept across its own exec.
 
         Args:
             fd: the socket, still bound to ``address`` with SO_PASSCRED set.
             address: as it was given to the children in ``NOTIFY_SOCKET``.
+            identity: the :attr:`identity` of the receiver that bound it; without
+                it a path address is not unlinked on close.
 
         Returns:
-            The receiver; it does not unlink a path address on close.
+            The receiver.
         """
         receiver = cls.__new__(cls)
         receiver.address = address
         receiver._keep_fds = False
-        receiver._identity = None
+        receiver._identity = None if identity is None else (int(identity[0]), int(identity[1]))
         receiver._sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
         return receiver
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the socket file this receiver bound and removes at
+        close; None for an abstract address."""
+        return self._identity
 
     def fileno(self) -> int:
         """The socket's fd, readable when a datagram is pending (for selectors, asyncio)."""
