@@ -18,6 +18,10 @@ Invariants (each tested by name in tests/):
    process exits whatever it still holds.
 6. Nothing sleeps to synchronise: every wait is on an event (a datagram, a
    pidfd, a pipe) with a timeout.
+7. The manager's failure is never the service's (``gapless run``): an error in
+   one handler (a control command, a notify datagram) drops that client or
+   datagram only; an unexpected error in the manager's loop re-executes it in
+   place with its pid, sockets and generations; only an explicit stop ends them.
 
 Example, a server that upgrades itself on HUP or USR2::
 

@@ -51,6 +51,7 @@ from ..proc.subreaper import set_child_subreaper
 from ..sockets.listeners import listener_address, remove_unix_path
 from ..systemd.notify import NotifyReceiver
 from .clients import Clients
+from .commands import Commands
 from .config import Listener, ManagerConfig, ReadyMode, open_listeners
 from .control import (
     CommandTable,
@@ -60,14 +61,12 @@ from .control import (
     control_directory,
     default_control_path,
     ensure_private_directory,
-    error,
-    progress,
     reply,
 )
 from .driver import Supervisor
 from .eventlog import EventLog
 from .faults import Faults
-from .generations import LIVE, Phase, ReloadRequested, ReloadResult, StopRequested
+from .generations import LIVE, Phase, ReloadResult, StopRequested
 from .inplace import InPlace
 from .reexec import (
     Handover,
@@ -125,9 +124,6 @@ class Manager:
         )
         self._signals: SimpleQueue[signal.Signals] = SimpleQueue()
         self._listeners: list[Listener] = []
-        self._requests = 0
-        self._reload_waiters: dict[int, ControlConnection] = {}
-        self._stop_waiters: list[ControlConnection] = []
         self._born = time.monotonic() if resume is None else float(resume["born"])
         self._upgrades = 0 if resume is None else int(resume["upgrades"])
         self._recoveries = 0 if resume is None else int(resume.get("recoveries", 0))
@@ -151,21 +147,18 @@ class Manager:
             self._pending_signals,
             _HANDLED,
         )
-        self._commands = CommandTable()
-        for name, help, handler in (
-            ("reload", "start a new generation; answer once it is ready or failed", self._reload),
-            ("status", "the generations, the listeners and the last reload", self._status),
-            ("stop", "drain every generation, then exit; answer when stopped", self._stop),
-        ):
-            self._commands.register(name, help, handler)
-        self._commands.register(
+        self._commands = Commands(self._supervisor, self._log, self._upstream)
+        table = CommandTable()
+        self._commands.register(table)
+        table.register("status", "the generations, the listeners and the last reload", self._status)
+        table.register(
             "upgrade",
             "exec a new gapless in place, keeping pid, sockets, children",
             self._in_place.upgrade,
             {"python": python_problem},
         )
-        self._faults.register(self._commands)
-        self._clients = Clients(self._selector, self._log, self._commands)
+        self._faults.register(table)
+        self._clients = Clients(self._selector, self._log, table)
 
     @classmethod
     def resume(cls, state: Mapping[str, Any]) -> Manager:
@@ -197,9 +190,7 @@ class Manager:
         # Answered only now, once the sockets, socket paths and PID file are gone,
         # so that `gapless stop && gapless run ...` finds everything free.
         self._log.event("stopped", f"stopped with exit code {supervisor.exit_code}")
-        for connection in self._stop_waiters:
-            connection.send(reply(True, message="stopped"))
-            connection.close()
+        self._commands.answer_stopped()
         return supervisor.exit_code
 
     def _turn(self) -> None:
@@ -314,7 +305,7 @@ class Manager:
                 remove_unix_path(listener.stamp)
 
     def _close_control(self) -> None:
-        self._clients.close(keep=self._stop_waiters)
+        self._clients.close(keep=self._commands.stop_waiters)
         self._control.close()
 
     def _pending_signals(self) -> list[signal.Signals]:
@@ -336,7 +327,7 @@ class Manager:
                 self._in_place.collect()  # first: its exit status is its own
                 self._supervisor.on_sigchld()
             elif received == signal.SIGHUP:
-                self._request_reload(None, "SIGHUP")
+                self._commands.request_reload(None, "SIGHUP")
             elif received in _FORWARDED:
                 self._supervisor.forward(received)
             elif not self._restarts.delay_stop(received):
@@ -347,45 +338,8 @@ class Manager:
 
     # Control commands ---------------------------------------------------------
 
-    def _request_reload(self, connection: ControlConnection | None, by: str) -> None:
-        self._log.event("reload", f"reload requested by {by}")
-        machine = self._supervisor.machine
-        if machine.phase is Phase.RUNNING:
-            self._upstream.reload_requested()
-        if machine.starting is not None and connection is not None:
-            connection.send(progress("a reload is under way; a new one follows it"))
-        request = None
-        if connection is not None:
-            self._requests += 1
-            request = self._requests
-            self._reload_waiters[request] = connection
-            connection.waiting += 1
-            self._log.subscribe(connection)
-        self._supervisor.feed(ReloadRequested(request))
-
     def _answer(self, result: ReloadResult, stderr: list[str]) -> None:
-        """Answer the clients that waited for this start."""
-        for request in result.requests:
-            connection = self._reload_waiters.pop(request, None)
-            if connection is None:
-                continue
-            connection.waiting -= 1
-            self._log.unsubscribe(connection)
-            if result.ok:
-                connection.send(reply(True, generation=result.generation, message=result.reason))
-            else:
-                connection.send(error(result.reason, generation=result.generation, stderr=stderr))
-
-    def _reload(self, connection: ControlConnection, request: Message) -> None:
-        self._request_reload(connection, f"gapless reload (pid {connection.pid})")
-
-    def _stop(self, connection: ControlConnection, request: Message) -> None:
-        self._stop_waiters.append(connection)
-        connection.waiting += 1
-        self._log.subscribe(connection)
-        if self._supervisor.machine.phase is Phase.RUNNING:  # a second stop only waits too
-            self._log.event("stop", f"stop requested by gapless stop (pid {connection.pid})")
-            self._supervisor.feed(StopRequested())
+        self._commands.answer(result, stderr)
 
     def _status(self, connection: ControlConnection, request: Message) -> None:
         about = {

@@ -1,0 +1,95 @@
+"""The manager's control commands that wait: ``reload`` and ``stop``.
+
+A ``reload`` client is answered once the start it asked for is over (ready or
+failed); a ``stop`` client once the manager has closed everything. Meanwhile
+each one gets the manager's events as progress lines, and counts as waiting
+(never idle, see gapless.run.clients). ``status`` and ``upgrade`` answer on
+their own (gapless.run.manager, gapless.run.inplace).
+
+Example::
+
+    commands = Commands(supervisor, log, upstream)
+    commands.register(table)
+    commands.request_reload(None, "SIGHUP")      # a reload nobody waits for
+"""
+
+from __future__ import annotations
+
+from .control import CommandTable, ControlConnection, Message, error, progress, reply
+from .driver import Supervisor
+from .eventlog import EventLog
+from .generations import Phase, ReloadRequested, ReloadResult, StopRequested
+from .upstream import Upstream
+
+__all__ = ["Commands"]
+
+
+class Commands:
+    """The reload and stop commands and the clients waiting on them.
+
+    Args:
+        supervisor: whose machine gets the requests.
+        log: the event log waiting clients are subscribed to.
+        upstream: what systemd is told (RELOADING=1).
+    """
+
+    def __init__(self, supervisor: Supervisor, log: EventLog, upstream: Upstream) -> None:
+        self._supervisor = supervisor
+        self._log = log
+        self._upstream = upstream
+        self._requests = 0
+        self._reload_waiters: dict[int, ControlConnection] = {}
+        self.stop_waiters: list[ControlConnection] = []
+
+    def register(self, table: CommandTable) -> None:
+        table.register(
+            "reload", "start a new generation; answer once it is ready or failed", self._reload
+        )
+        table.register("stop", "drain every generation, then exit; answer when stopped", self._stop)
+
+    def request_reload(self, connection: ControlConnection | None, by: str) -> None:
+        """A reload asked for by ``by``; ``connection`` (if any) waits for its end."""
+        self._log.event("reload", f"reload requested by {by}")
+        machine = self._supervisor.machine
+        if machine.phase is Phase.RUNNING:
+            self._upstream.reload_requested()
+        if machine.starting is not None and connection is not None:
+            connection.send(progress("a reload is under way; a new one follows it"))
+        request = None
+        if connection is not None:
+            self._requests += 1
+            request = self._requests
+            self._reload_waiters[request] = connection
+            connection.waiting += 1
+            self._log.subscribe(connection)
+        self._supervisor.feed(ReloadRequested(request))
+
+    def answer(self, result: ReloadResult, stderr: list[str]) -> None:
+        """Answer the clients that waited for this start."""
+        for request in result.requests:
+            connection = self._reload_waiters.pop(request, None)
+            if connection is None:
+                continue
+            connection.waiting -= 1
+            self._log.unsubscribe(connection)
+            if result.ok:
+                connection.send(reply(True, generation=result.generation, message=result.reason))
+            else:
+                connection.send(error(result.reason, generation=result.generation, stderr=stderr))
+
+    def answer_stopped(self) -> None:
+        """The manager closed everything: tell the stop clients."""
+        for connection in self.stop_waiters:
+            connection.send(reply(True, message="stopped"))
+            connection.close()
+
+    def _reload(self, connection: ControlConnection, request: Message) -> None:
+        self.request_reload(connection, f"gapless reload (pid {connection.pid})")
+
+    def _stop(self, connection: ControlConnection, request: Message) -> None:
+        self.stop_waiters.append(connection)
+        connection.waiting += 1
+        self._log.subscribe(connection)
+        if self._supervisor.machine.phase is Phase.RUNNING:  # a second stop only waits too
+            self._log.event("stop", f"stop requested by gapless stop (pid {connection.pid})")
+            self._supervisor.feed(StopRequested())
