@@ -201,6 +201,19 @@ def test_the_notify_socket_is_a_path_in_a_private_directory(tmp_path: Path) -> N
     assert not os.path.exists(address)  # removed at the stop
 
 
+def test_a_notify_socket_left_by_a_killed_manager_is_removed_by_the_next(tmp_path: Path) -> None:
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    with running(tmp_path / "first", DEMO) as first:
+        address = notify_address(first.status()["generations"][0]["pid"]).decode()
+        first.process.kill()
+        first.wait()
+    left = os.path.exists(address)
+    with running(tmp_path / "second", DEMO):
+        removed = not os.path.exists(address)
+    assert left and removed
+
+
 SEND = """
 import socket, sys
 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:

@@ -284,3 +284,21 @@ def test_without_the_test_variable_there_is_no_fault_command(tmp_path: Path) -> 
         answer = manager.call("fault", where="loop")
         assert manager.process.poll() is None
     assert answer["error"].startswith("unknown command 'fault'")
+
+
+def test_invariant_7_a_bug_that_keeps_coming_back_is_survived_without_an_exec_loop(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path, DEMO, env=FAULTS) as manager, Prober(manager.port) as prober:
+        before = generation_pids(manager)
+        for count in range(1, 6):
+            assert manager.call("fault", where="loop")["ok"]
+            manager.wait_line(rf"in place to recover \(recovery {count}\)")
+            manager.wait_line(r"resumed in place")
+        assert manager.call("fault", where="loop")["ok"]
+        manager.wait_line(r"cannot re-execute to recover: 5 recoveries in 60 s already; serving on")
+        status = manager.status()
+        prober.wait_answers(prober.answered + 3)
+    assert status["manager"]["recoveries"] == 5
+    assert [g["pid"] for g in status["generations"]] == before
+    assert prober.failures == []

@@ -26,6 +26,7 @@ import os
 import selectors
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import UpgradeError
@@ -36,7 +37,12 @@ from .reexec import Handover, exec_in_place, export_state, unadoptable, upgrade_
 from .upgrade_check import TargetCheck
 from .upstream import Upstream
 
-__all__ = ["InPlace"]
+__all__ = ["RECOVERY_LIMIT", "RECOVERY_WINDOW", "InPlace"]
+
+#: At most this many re-executions to recover within RECOVERY_WINDOW seconds: a
+#: bug that the resumed state triggers again must not become a loop of execs.
+RECOVERY_LIMIT = 5
+RECOVERY_WINDOW = 60.0
 
 
 class InPlace:
@@ -140,13 +146,19 @@ class InPlace:
         """Log ``exc``, raised by the manager's loop, and exec this interpreter in
         place. Returns only if that was impossible: the loop then goes on."""
         report_bug(self._log, "the manager's loop", exc)
+        now = time.monotonic()  # CLOCK_MONOTONIC: the same across the exec
+        handover = self._handover()
+        recent = tuple(when for when in handover.recovered_at if now - when < RECOVERY_WINDOW)
         refusal = self._refusal()
+        if refusal is None and len(recent) >= RECOVERY_LIMIT:
+            refusal = f"{len(recent)} recoveries in {RECOVERY_WINDOW:g} s already"
         if refusal is not None:
             self._log.event("warning", f"cannot re-execute to recover: {refusal}; serving on")
             return
         try:
-            handover = self._handover()
-            handover = dataclasses.replace(handover, recoveries=handover.recoveries + 1)
+            handover = dataclasses.replace(
+                handover, recoveries=handover.recoveries + 1, recovered_at=(*recent, now)
+            )
             for proc in unadoptable(handover.machine, handover.children):
                 # Its leader is gone, so no pidfd can name its group for the new process.
                 proc.child.kill_group(signal.SIGKILL)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import secrets
 import selectors
 import signal
 import socket
@@ -44,7 +43,6 @@ from queue import SimpleQueue
 from typing import Any
 
 from .._version import __version__
-from ..errors import ControlError, NotifyError
 from ..proc.pidfile import remove_pid_file, write_pid_file
 from ..proc.signals import SignalCapture
 from ..proc.subreaper import set_child_subreaper
@@ -58,9 +56,7 @@ from .control import (
     ControlConnection,
     ControlServer,
     Message,
-    control_directory,
     default_control_path,
-    ensure_private_directory,
     reply,
 )
 from .driver import Supervisor
@@ -68,6 +64,7 @@ from .eventlog import EventLog
 from .faults import Faults
 from .generations import LIVE, Phase, ReloadResult, StopRequested
 from .inplace import InPlace
+from .notify_socket import private_receiver
 from .reexec import (
     Handover,
     adopt_generations,
@@ -127,6 +124,8 @@ class Manager:
         self._born = time.monotonic() if resume is None else float(resume["born"])
         self._upgrades = 0 if resume is None else int(resume["upgrades"])
         self._recoveries = 0 if resume is None else int(resume.get("recoveries", 0))
+        recovered_at = () if resume is None else resume.get("recovered_at", ())
+        self._recovered_at = tuple(float(when) for when in recovered_at)
         self._faults = Faults(self._environ)
         self._supervisor = Supervisor(
             config,
@@ -242,7 +241,7 @@ class Manager:
         if state is None:
             taken = self._restarts.take_over()  # --handoff: a running instance's sockets
             self._listeners = open_listeners(self.config.binds, self._environ, taken)
-            receiver = self._notify_receiver()
+            receiver = private_receiver(self._environ, self._log)
             private = self.config.control_path is None
             control = self._restarts.control_server(self._control_path, private)
         else:
@@ -267,22 +266,6 @@ class Manager:
         self._restarts.open(self._supervisor, self._listeners, control)
         stack.callback(self._restarts.close)  # first: it may disown paths a taker uses
         return receiver
-
-    def _notify_receiver(self) -> NotifyReceiver:
-        """A path socket in the user's 0700 control directory: an abstract one may
-        be reached by any process in the network namespace."""
-        directory = control_directory(self._environ)
-        name = f"notify-{os.getpid()}-{secrets.token_hex(4)}.sock"
-        try:
-            ensure_private_directory(directory)
-            return NotifyReceiver(os.path.join(directory, name))
-        except (ControlError, NotifyError) as exc:
-            self._log.event(
-                "warning",
-                f"{exc}; the notify socket is abstract instead, reachable by any local "
-                "process (datagrams of other users are dropped)",
-            )
-            return NotifyReceiver()
 
     def _catch_signals(self, stack: contextlib.ExitStack) -> None:
         wake_read, wake_write = socket.socketpair()
@@ -370,6 +353,7 @@ class Manager:
             born=self._born,
             upgrades=self._upgrades,
             recoveries=self._recoveries,
+            recovered_at=self._recovered_at,
         )
 
 

@@ -129,6 +129,7 @@ class Handover:
     born: float
     upgrades: int
     recoveries: int = 0
+    recovered_at: tuple[float, ...] = ()  # monotonic times of the recent recoveries
 
 
 def upgrade_refusal(machine: Generations) -> str | None:
@@ -177,6 +178,7 @@ def export_state(handover: Handover) -> tuple[dict[str, Any], list[int]]:
         "born": handover.born,
         "upgrades": handover.upgrades + 1,
         "recoveries": handover.recoveries,
+        "recovered_at": list(handover.recovered_at),
         "stopping": None if machine.phase is Phase.RUNNING else machine.exit_code,
         "queued": machine.queued is not None,
     }
