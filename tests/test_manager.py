@@ -25,9 +25,8 @@ def test_child_gets_listen_fds_names_pid_and_notify_socket(tmp_path: Path) -> No
     assert env["LISTEN_FDS"] == "2"
     assert env["LISTEN_FDNAMES"] == "web:admin"
     assert env["LISTEN_PID"] == str(got["pid"]) == str(status["generations"][0]["pid"])
-    assert re.fullmatch(
-        r"/.+/notify-\d+-[0-9a-f]{8}\.sock", env["NOTIFY_SOCKET"]
-    )  # a path: private
+    # A path in the private control directory, not an abstract name anyone may reach.
+    assert re.fullmatch(r"/.+/notify-\d+-[0-9a-f]{8}\.sock", env["NOTIFY_SOCKET"])
     listeners = [item["address"] for item in status["listeners"]]
     assert [f"{host}:{port}" for host, port in got["sockets"]] == listeners
 
