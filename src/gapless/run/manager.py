@@ -241,13 +241,15 @@ class Manager:
         if state is None:
             taken = self._restarts.take_over()  # --handoff: a running instance's sockets
             self._listeners = open_listeners(self.config.binds, self._environ, taken)
-            receiver = private_receiver(self._environ, self._log)
+            # In the stack at once: its socket file must go if what follows fails.
+            receiver = stack.enter_context(private_receiver(self._environ, self._log))
             private = self.config.control_path is None
             control = self._restarts.control_server(self._control_path, private)
         else:
             self._listeners = listeners_from_json(state["listeners"])
             notify = state["notify"]
-            receiver = NotifyReceiver.adopt(notify["fd"], notify["address"], notify.get("identity"))
+            adopted = NotifyReceiver.adopt(notify["fd"], notify["address"], notify.get("identity"))
+            receiver = stack.enter_context(adopted)
             stamp = stamp_from_json(state["control"]["stamp"])
             control = ControlServer.adopt(state["control"]["fd"], self._control_path, stamp)
         for listener in self._listeners:
@@ -256,7 +258,7 @@ class Manager:
             label = f" as {listener.name}" if listener.name else ""
             kept = "" if state is None else " (kept across the exec)"
             self._log.event("listening", f"listening on {where}{label}{kept}", address=str(where))
-        self._receiver = stack.enter_context(receiver)
+        self._receiver = receiver
         on_notify = functools.partial(self._supervisor.on_notify, receiver)
         self._selector.register(receiver, selectors.EVENT_READ, on_notify)
         self._control = control
