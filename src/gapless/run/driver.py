@@ -20,21 +20,19 @@ Example::
 from __future__ import annotations
 
 import collections
-import os
 import selectors
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..errors import GaplessError, NotifyError
+from ..errors import GaplessError
 from ..proc.subreaper import group_members
 from ..sockets.connections import ConnectionCounter
-from ..systemd.notify import NotifyReceiver
-from .bugs import report_bug
+from ..systemd.notify import Notification, NotifyReceiver
 from .children import Children, Proc
 from .config import Listener, ManagerConfig
-from .dropped import DroppedDatagrams
+from .datagrams import Datagrams
 from .eventlog import EventLog
 from .faults import Faults
 from .generations import (
@@ -105,8 +103,7 @@ class Supervisor:
         self._notify_address = ""
         self._readiness: Readiness | None = None  # once start() knows the sockets
         self._connections = ConnectionCounter(frozenset(), frozenset())
-        self.dropped = DroppedDatagrams(log)
-        self._faults = Faults({}) if faults is None else faults
+        self.datagrams = Datagrams(log, Faults({}) if faults is None else faults, self._route)
 
     def start(self, listeners: Sequence[Listener], receiver: NotifyReceiver, boot: bool) -> None:
         """Take the sockets; with ``boot``, spawn generation 1 (else one was adopted).
@@ -149,7 +146,7 @@ class Supervisor:
     def wake_at(self) -> float | None:
         """The next deadline or readiness check (monotonic); None: wait for events."""
         wake_at = [when for when, _ in self.machine.timers()]
-        dropped = self.dropped.wake_at()
+        dropped = self.datagrams.wake_at()
         if dropped is not None:
             wake_at.append(dropped)
         starting = self._starting()
@@ -161,7 +158,7 @@ class Supervisor:
 
     def tick(self, now: float) -> None:
         """Feed the deadlines that passed, then look at the starting generation."""
-        self.dropped.tick(now)
+        self.datagrams.tick(now)
         while self.exit_code is None:
             due = [event for when, event in self.machine.timers() if when <= now]
             if not due:
@@ -226,45 +223,23 @@ class Supervisor:
                 self.children.release(proc.number)
 
     def on_notify(self, receiver: NotifyReceiver) -> None:
-        """Route the pending datagrams: READY=1 of the starting one, STATUS= of any.
+        """Route the pending datagrams (see gapless.run.datagrams)."""
+        self.datagrams.read(receiver)
 
-        A bounded batch, so that a flood cannot starve the loop. A datagram whose
-        handling raises (a bug) is dropped alone, its traceback logged.
-        """
-        for _ in range(64):
-            try:
-                if not self._route(receiver):
-                    return
-            except Exception as exc:
-                report_bug(self._log, "a notify datagram's handler", exc)
-
-    def _route(self, receiver: NotifyReceiver) -> bool:
-        """Handle one pending datagram; False if there was none."""
-        now = time.monotonic()
-        try:
-            note = receiver.receive()
-        except NotifyError as exc:
-            self.dropped.drop(f": {exc}", now)
-            return True
-        if note is None:
-            return False
-        self._faults.check("notify")
-        if note.uid not in (0, os.getuid()):  # before anything about it is logged
-            self.dropped.drop(f" from uid {note.uid} (pid {note.pid}): not this user", now)
-            return True
+    def _route(self, note: Notification) -> str | None:
+        """READY=1 of the starting generation, STATUS= of any; None if wanted, else
+        why the datagram is dropped."""
         starting = self.machine.starting
         proc = self.children.sender(note.pid, starting.number if starting else None)
         if proc is None:
-            detail = f" from pid {note.pid}: not a process of any generation"
-            self.dropped.drop(detail, now)
-            return True
+            return f" from pid {note.pid}: not a process of any generation"
         if note.status is not None:
             proc.status_line = note.status
         wanted = self.config.ready.notify and starting is not None
         if wanted and note.ready and starting and proc.number == starting.number:
             proc.ready_via = "notify"
             self.feed(ChildReady(proc.number))
-        return True
+        return None
 
     # Actions ------------------------------------------------------------------
 

@@ -147,6 +147,9 @@ class Manager:
             _HANDLED,
         )
         self._commands = Commands(self._supervisor, self._log, self._upstream)
+        self._clients = Clients(self._selector, self._log, self._command_table())
+
+    def _command_table(self) -> CommandTable:
         table = CommandTable()
         self._commands.register(table)
         table.register("status", "the generations, the listeners and the last reload", self._status)
@@ -157,7 +160,7 @@ class Manager:
             {"python": python_problem},
         )
         self._faults.register(table)
-        self._clients = Clients(self._selector, self._log, table)
+        return table
 
     @classmethod
     def resume(cls, state: Mapping[str, Any]) -> Manager:
