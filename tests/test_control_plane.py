@@ -302,3 +302,17 @@ def test_invariant_7_a_bug_that_keeps_coming_back_is_survived_without_an_exec_lo
     assert status["manager"]["recoveries"] == 5
     assert [g["pid"] for g in status["generations"]] == before
     assert prober.failures == []
+
+
+def test_invariant_7_a_loop_exception_during_a_stop_carries_the_stop_through(
+    tmp_path: Path,
+) -> None:
+    options = ("--drain-timeout", "2")
+    with running(tmp_path, app("ignore_term.py"), *options, env=FAULTS) as manager:
+        manager.signal(signal.SIGTERM)
+        manager.wait_line(r"generation 1 draining")
+        assert manager.call("fault", where="loop")["ok"]
+        manager.wait_line(r"resumed in place")
+        manager.wait_line(r"generation 1 killed \(SIGKILL to group \d+\): still running 2 s")
+        code = manager.wait()
+    assert code == 0  # a stop, not "no generation left" (exit 1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import selectors
 import time
 from collections.abc import Collection
@@ -92,10 +93,15 @@ class Clients:
         self._selector.register(connection, selectors.EVENT_READ, on_readable)
 
     def _evict_idle(self) -> bool:
-        idle = [(deadline, id(c), c) for c, deadline in self._deadlines.items() if not c.waiting]
+        # None: answered since the last wake_at(), so active just now: evicted last.
+        idle = {
+            client: math.inf if deadline is None else deadline
+            for client, deadline in self._deadlines.items()
+            if not client.waiting
+        }
         if not idle:
             return False
-        _, _, oldest = min(idle)
+        oldest = min(idle, key=idle.__getitem__)
         message = f"too many control connections ({self._limit}): closing this idle one; reconnect"
         oldest.send(error(message))
         oldest.close()
