@@ -80,7 +80,10 @@ def table() -> CommandTable:
         connection.send(progress("working"))
         connection.send(reply(True, echo=request.get("text"), uid=connection.uid))
 
-    table.register("echo", "answer with the text sent", echo)
+    def text_problem(value: object) -> str | None:
+        return None if isinstance(value, str) else f'"text" must be a string, not {value!r}'
+
+    table.register("echo", "answer with the text sent", echo, {"text": text_problem})
     return table
 
 
@@ -115,6 +118,9 @@ def test_help_lists_every_registered_command_with_its_help(serving: Serving) -> 
         (b"not json", "is not JSON; send one object a line"),
         (b"[1, 2]", "a request must be a JSON object"),
         (b'{"v": 1}', 'a request needs "cmd"'),
+        (b'{"v": true, "cmd": "echo"}', "unsupported protocol version True"),
+        (b'{"v": 1.0, "cmd": "echo"}', "unsupported protocol version 1.0"),
+        (b'{"v": 1, "cmd": "echo", "text": 5}', '"text" must be a string, not 5'),
     ],
 )
 def test_a_bad_request_gets_an_error_reply(serving: Serving, line: bytes, error: str) -> None:

@@ -175,3 +175,26 @@ def test_a_process_of_another_uid_is_refused_by_a_live_manager(tmp_path: Path) -
         "error": f"permission denied: uid {NOBODY} may not control a manager of uid 0",
     }
     assert after == before
+
+
+def test_upgrade_with_any_python_value_is_one_error_line_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path, app("fault_server.py"), "--ready", "notify") as manager:
+        with Prober(manager.port) as prober:
+            before = stable(manager.status())
+
+            @settings(max_examples=100, deadline=None, database=None)
+            @given(python=json_values | st.text().map(lambda text: "/" + text))
+            def fuzz(python: Any) -> None:
+                request = {"v": 1, "cmd": "upgrade", "python": python}
+                (answer,) = exchange(manager.control, json.dumps(request).encode() + b"\n")
+                assert answer["ok"] is False and answer["error"], answer
+                assert "\n" not in answer["error"], answer
+
+            fuzz()
+            after = stable(manager.status())
+            prober.wait_answers(prober.answered + 3)
+        assert manager.process.poll() is None
+    assert after == before
+    assert prober.failures == []
