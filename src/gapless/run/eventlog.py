@@ -114,7 +114,8 @@ class EventLog:
                 last.lines += 1
             else:
                 self._pending.append(_Gap())
-        self.flush()
+        if not self._waiting:  # else the selector calls flush once the reader caught up
+            self.flush()
 
     def flush(self) -> None:
         """Write what the reader takes now; wait for writability for the rest."""
