@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import select
 import selectors
 import time
 from dataclasses import dataclass
@@ -114,8 +115,8 @@ class EventLog:
                 last.lines += 1
             else:
                 self._pending.append(_Gap())
-        if not self._waiting:  # else the selector calls flush once the reader caught up
-            self.flush()
+        if not self._waiting or not self._selector_open():
+            self.flush()  # else the selector calls it once the reader caught up
 
     def flush(self) -> None:
         """Write what the reader takes now; wait for writability for the rest."""
@@ -144,12 +145,28 @@ class EventLog:
         message = f"dropped {lines} log line{'s' if lines != 1 else ''}: the log was not read"
         return (self._format("dropped", message, lines=lines) + "\n").encode()
 
+    def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the buffered lines to be written (at exit)."""
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._outlet, select.POLLOUT)
+        while self._pending and (remaining := deadline - time.monotonic()) > 0:
+            poller.poll(remaining * 1000)
+            self.flush()
+
+    def _selector_open(self) -> bool:
+        # A closed selector (the manager is exiting) has no map.
+        return self._selector is not None and self._selector.get_map() is not None
+
     def _wait_writable(self, wanted: bool) -> None:
-        selector = self._selector
-        if wanted is self._waiting or selector is None or selector.get_map() is None:
-            return  # a closed selector (the manager exits) has no map
+        if not self._selector_open():
+            self._waiting = False
+            return
+        if wanted is self._waiting:
+            return
+        assert self._selector is not None
         if wanted:
-            selector.register(self._outlet, selectors.EVENT_WRITE, self.flush)
+            self._selector.register(self._outlet, selectors.EVENT_WRITE, self.flush)
         else:
-            selector.unregister(self._outlet)
+            self._selector.unregister(self._outlet)
         self._waiting = wanted

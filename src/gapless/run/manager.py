@@ -174,6 +174,7 @@ class Manager:
         for connection in self._stop_waiters:
             connection.send(reply(True, message="stopped"))
             connection.close()
+        self._log.drain(timeout=1.0)  # lines a slow reader left, bounded: it may never read
         return supervisor.exit_code
 
     # Setup --------------------------------------------------------------------
