@@ -25,7 +25,9 @@ from typing import NoReturn
 from .outlet import Outlet
 from .subreaper import group_members
 
-__all__ = ["resolve_prctl", "run"]
+__all__ = ["EXIT_FAILED", "resolve_prctl", "run"]
+
+EXIT_FAILED = 70  # EX_SOFTWARE
 
 _PR_SET_NAME = 15
 _NAME = b"gapless-watch"
@@ -63,7 +65,9 @@ def run(
     log_format: str,
     prctl: Prctl | None,
 ) -> NoReturn:
-    """The forked child's whole life: guard, act on EOF, ``_exit``."""
+    """The forked child's whole life: guard, act on EOF, ``_exit``: 0 after EOF,
+    ``EXIT_FAILED`` after an unexpected error (the manager then does not restart it)."""
+    code = EXIT_FAILED
     try:
         # The manager's objects live on in this copy of its heap: a collection could
         # run their finalizers and close fds by number. Nothing here needs the GC.
@@ -72,8 +76,9 @@ def run(
         groups = _listen(read_fd)
         if groups:
             _end(groups, manager, stop_signal, grace, _Log(log_format))
+        code = 0
     finally:
-        os._exit(0)
+        os._exit(code)
 
 
 def _detach(read_fd: int, prctl: Prctl | None) -> None:
@@ -84,15 +89,20 @@ def _detach(read_fd: int, prctl: Prctl | None) -> None:
             signal.signal(sig, signal.SIG_DFL)
     for sig in _IGNORED:
         signal.signal(sig, signal.SIG_IGN)
-    os.setpgid(0, 0)
-    if prctl is not None:
-        prctl(_PR_SET_NAME, ctypes.c_char_p(_NAME), 0, 0, 0)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    os.close(null)
-    os.closerange(3, read_fd)
-    os.closerange(read_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    with contextlib.suppress(OSError):  # niceties: a terminal's ^C, a name in top(1)
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(_PR_SET_NAME, ctypes.c_char_p(_NAME), 0, 0, 0)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+    # Every other fd goes, the manager's write end first among them (else no EOF),
+    # including any above a soft RLIMIT_NOFILE lowered since they were opened.
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        if fd > 2 and fd != read_fd:
+            with contextlib.suppress(OSError):  # the listing's own fd, closed by now
+                os.close(fd)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 

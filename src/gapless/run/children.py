@@ -224,7 +224,12 @@ class Children:
         assert watchdog is not None
         old = watchdog.pid
         _, status = os.waitpid(old, 0)
-        described = ExitStatus(os.waitstatus_to_exitcode(status)).describe()
+        returncode = os.waitstatus_to_exitcode(status)
+        described = ExitStatus(returncode).describe()
+        if returncode >= 0:  # it failed on its own: a restart would only fail again
+            self.watchdog = None  # tried again at the next start
+            self._log.event("warning", f"the watchdog (pid {old}) {described}; not restarted")
+            return
         try:
             watchdog.restart()
         except OSError as exc:
