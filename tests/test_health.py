@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
+import resource
+import select
 import selectors
 import socket
 import threading
@@ -11,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from manager_harness import DEMO, running
 
 from gapless.run.health import HealthEndpoint
 from gapless.sockets.addresses import TcpAddress, parse_bind
@@ -113,3 +118,110 @@ def test_not_serving_is_503(state: str) -> None:
     with endpoint("127.0.0.1:0") as health:
         health.state = state
         assert probe(health)[0] == 503
+
+
+# Faults: fd exhaustion, a probe that raises ----------------------------------------
+
+
+@contextmanager
+def no_fd_left() -> Iterator[None]:
+    """Every fd this process may open is taken (RLIMIT_NOFILE lowered, then filled)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+    taken = []
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.dup(0))
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_out_of_fds_a_pending_probe_is_answered_and_the_loop_does_not_spin() -> None:
+    with selectors.DefaultSelector() as selector:
+        health = HealthEndpoint(parse_bind("127.0.0.1:0"), selector)
+        health.state = "serving"
+        assert isinstance(health.address, TcpAddress)
+        with socket.create_connection(("127.0.0.1", health.address.port), TIMEOUT) as client:
+            client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            with no_fd_left():
+                for key, _ in selector.select(TIMEOUT):
+                    key.data()
+                still_readable = selector.select(0)
+            assert still_readable == [], "the pending probe keeps the loop spinning"
+            assert client.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+        health.close()
+
+
+class Faulty(HealthEndpoint):
+    """An endpoint with a bug for one path: its answer raises."""
+
+    def response(self, request: bytes) -> bytes:
+        if request.startswith(b"GET /boom "):
+            raise RuntimeError("boom")
+        return super().response(request)
+
+
+def test_a_probe_whose_answer_raises_is_dropped_alone() -> None:
+    errors: list[str] = []
+    with selectors.DefaultSelector() as selector:
+        health = Faulty(parse_bind("127.0.0.1:0"), selector, on_error=errors.append)
+        health.state = "serving"
+        assert isinstance(health.address, TcpAddress)
+        address = ("127.0.0.1", health.address.port)
+        with (
+            socket.create_connection(address, TIMEOUT) as boom,
+            socket.create_connection(address, TIMEOUT) as good,
+        ):
+            boom.sendall(b"GET /boom HTTP/1.0\r\n\r\n")
+            good.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            answers: dict[str, bytes] = {}
+            while len(answers) < 2:
+                ready = selector.select(TIMEOUT)
+                assert ready, f"no event in {TIMEOUT} s; answers so far: {answers}"
+                for key, _ in ready:
+                    key.data()
+                for name, sock in (("boom", boom), ("good", good)):
+                    if name not in answers and select.select([sock], [], [], 0)[0]:
+                        answers[name] = sock.recv(4096)
+        health.close()
+    assert answers["boom"] == b""  # closed, unanswered
+    assert answers["good"].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert errors == ["health endpoint dropped a probe: RuntimeError: boom"]
+
+
+def test_a_manager_out_of_fds_answers_probes_and_recovers(tmp_path: Path) -> None:
+    options = ("--health-bind", "127.0.0.1:0")
+    with running(tmp_path, DEMO, *options) as manager:
+        port = int(manager.wait_line(r"health endpoint on 127\.0\.0\.1:(\d+)").group(1))
+        pid = manager.process.pid
+        limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds + 4, limits[1]))
+        try:
+            # More silent probes than the manager has fds: it holds the first few,
+            # the rest queue up, and the last one, which asks, is queued behind them.
+            idle = [socket.create_connection(("127.0.0.1", port), TIMEOUT) for _ in range(20)]
+            with socket.create_connection(("127.0.0.1", port), TIMEOUT) as asking:
+                asking.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                asking.settimeout(TIMEOUT)
+                assert asking.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+            for sock in idle:
+                sock.close()
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        assert manager.status()["ok"]
+        assert health_probe(port) == 200
+
+
+def health_probe(port: int) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().status
+    finally:
+        connection.close()

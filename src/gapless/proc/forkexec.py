@@ -6,9 +6,10 @@ a failure as ``stage:errno`` on a close-on-exec pipe, in the manner of
 ``_posixsubprocess``. Used by :func:`gapless.proc.spawn.spawn`.
 
 With ``Plan.death_signal`` the child asks the kernel for that signal when its
-parent dies (``PR_SET_PDEATHSIG``): a manager killed with SIGKILL then leaves
-no generation serving for ever. The setting survives exec, except of a setuid
-or setgid program, and reaches only the child itself, not its own children.
+parent dies (``PR_SET_PDEATHSIG``), so that a generation's leader learns at once
+that its manager was killed. The setting survives exec, except of a setuid or
+setgid program, and reaches only the child itself, not its own children: the
+watchdog (gapless.proc.watchdog) ends the rest of the group.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 and stderr pipe in the manager's selector, forwards its stderr line by line
 (keeping the tail that explains a failure), reaps it without ever stealing the
 status of a known child from the pidfd path, reaps orphans the manager adopted
-as a subreaper, and tells which generation a notify datagram came from.
+as a subreaper, and tells which generation a notify datagram came from. It
+tells the watchdog (gapless.proc.watchdog) each generation's process group, so
+that a manager killed outright leaves nothing serving behind it.
 
 Example::
 
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 from ..proc.spawn import Child, ExitStatus, StderrTail, spawn
 from ..proc.subreaper import group_members
+from ..proc.watchdog import Watchdog
 from ..systemd.notify import in_process_tree
 from .eventlog import EventLog
 
@@ -62,15 +65,25 @@ class Children:
             callables as data.
         log: where child output and orphan reaping are logged.
         on_exit: called once with each generation whose leader was reaped.
+        stop_signal: what the watchdog sends the generations if the manager dies.
+        grace: seconds after which the watchdog SIGKILLs what is left of them.
     """
 
     def __init__(
-        self, selector: selectors.BaseSelector, log: EventLog, on_exit: Callable[[Proc], None]
+        self,
+        selector: selectors.BaseSelector,
+        log: EventLog,
+        on_exit: Callable[[Proc], None],
+        stop_signal: int = signal.SIGTERM,
+        grace: float = 30.0,
     ) -> None:
         self._selector = selector
         self._log = log
         self._on_exit = on_exit
+        self._stop_signal = stop_signal
+        self._grace = grace
         self.procs: dict[int, Proc] = {}
+        self.watchdog: Watchdog | None = None  # started with the first generation
 
     def spawn(
         self,
@@ -87,6 +100,7 @@ class Children:
             SuccessorSpawnError: the command could not be executed.
             InheritanceError: a listener name is invalid.
         """
+        self._start_watchdog()
         child = spawn(
             command,
             listeners=[sock for _, sock in listeners],
@@ -98,15 +112,45 @@ class Children:
         )
         return self._watch(Proc(number, child))
 
+    def adopt_watchdog(self, state: Mapping[str, int] | None) -> None:
+        """After an exec in place: the watchdog ``{"pid", "fd"}`` the replaced manager
+        started (None from a gapless without one: a new one starts)."""
+        if state is None:
+            return
+        try:
+            self.watchdog = Watchdog(
+                state["pid"], state["fd"], self._stop_signal, self._grace, self._log.format
+            )
+        except OSError as exc:  # its pipe did not survive the exec: it has fired
+            self._log.event("warning", f"cannot adopt the watchdog: {exc.strerror}")
+
     def adopt(self, number: int, pid: int, stderr_fd: int | None) -> Proc:
         """Watch a generation this process already runs: after an exec in place,
         its leader ``pid`` is still our child and ``stderr_fd`` still our pipe."""
         if stderr_fd is not None:
             os.set_inheritable(stderr_fd, False)
+        self._start_watchdog()
         return self._watch(Proc(number, Child(pid, stderr_fd, process_group=True)))
+
+    def _start_watchdog(self) -> None:
+        if self.watchdog is not None:
+            return
+        try:
+            self.watchdog = Watchdog.start(self._stop_signal, self._grace, self._log.format)
+        except OSError as exc:
+            self._log.event(
+                "warning",
+                f"cannot start the watchdog ({exc.strerror}): if the manager is killed "
+                "outright, its generations' workers may serve on; retried at the next start",
+            )
+            return
+        for proc in self.live():
+            self.watchdog.watch(proc.pid)
 
     def _watch(self, proc: Proc) -> Proc:
         self.procs[proc.number] = proc
+        if self.watchdog is not None:
+            self.watchdog.watch(proc.pid)  # its process group: its pgid is its pid
         child = proc.child
         self._selector.register(child.pidfd, selectors.EVENT_READ, lambda: self._collect(proc))
         if child.stderr_fd is not None:
@@ -160,6 +204,9 @@ class Children:
                 return
             if info is None or info.si_pid == 0:
                 return
+            if self.watchdog is not None and info.si_pid == self.watchdog.pid:
+                self._replace_watchdog()
+                continue
             proc = self.by_pid(info.si_pid)
             if proc is not None:
                 self._collect(proc)
@@ -171,6 +218,29 @@ class Children:
             self._log.event(
                 "reaped", f"reaped orphan pid {info.si_pid}: {described}", pid=info.si_pid
             )
+
+    def _replace_watchdog(self) -> None:
+        watchdog = self.watchdog
+        assert watchdog is not None
+        old = watchdog.pid
+        _, status = os.waitpid(old, 0)
+        returncode = os.waitstatus_to_exitcode(status)
+        described = ExitStatus(returncode).describe()
+        if returncode >= 0:  # it failed on its own: a restart would only fail again
+            self.watchdog = None  # tried again at the next start
+            self._log.event("warning", f"the watchdog (pid {old}) {described}; not restarted")
+            return
+        try:
+            watchdog.restart()
+        except OSError as exc:
+            self.watchdog = None  # the next start tries again
+            self._log.event("warning", f"the watchdog (pid {old}) {described}; {exc.strerror}")
+            return
+        self._log.event(
+            "watchdog",
+            f"the watchdog (pid {old}) {described}; started another as pid {watchdog.pid}",
+            pid=watchdog.pid,
+        )
 
     def _collect(self, proc: Proc) -> None:
         if proc.status is not None:
@@ -209,6 +279,8 @@ class Children:
         if proc is None or proc.released:
             return
         proc.released = True
+        if self.watchdog is not None:
+            self.watchdog.forget(proc.pid)
         if proc.child.stderr_fd is None:
             self.procs.pop(number)
             proc.child.close()
@@ -217,7 +289,8 @@ class Children:
         return [proc for proc in self.procs.values() if not proc.released]
 
     def close(self) -> None:
-        """Kill whatever still runs (only after an error in the manager) and close all."""
+        """Kill whatever still runs (only after an error in the manager) and close all;
+        the watchdog, with no group left to guard, exits."""
         for proc in list(self.procs.values()):
             if proc.status is None:
                 self._selector.unregister(proc.child.pidfd)
@@ -226,4 +299,9 @@ class Children:
             if proc.child.stderr_fd is not None:
                 self._selector.unregister(proc.child.stderr_fd)
             proc.child.close()
+            if self.watchdog is not None:
+                self.watchdog.forget(proc.pid)
         self.procs.clear()
+        if self.watchdog is not None:
+            self.watchdog.close()
+            self.watchdog = None

@@ -95,7 +95,9 @@ class Supervisor:
         self.machine = Generations(
             config.ready_timeout, config.drain_timeout, int(config.stop_signal)
         )
-        self.children = Children(selector, log, self._on_exit)
+        self.children = Children(
+            selector, log, self._on_exit, int(config.stop_signal), config.drain_timeout
+        )
         self.exit_code: int | None = None
         self._events: collections.deque[Event] = collections.deque()
         self._feeding = False

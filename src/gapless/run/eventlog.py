@@ -4,6 +4,12 @@ Each event also goes, as a progress line, to the control clients that wait on
 it (``gapless reload`` prints them as they come). A child's stderr is forwarded
 line by line with a prefix naming its generation and pid.
 
+Writing never blocks the manager's loop: lines go out through a non-blocking
+:class:`~gapless.proc.outlet.Outlet`; what the reader does not take at once
+waits in a buffer of at most 1 MiB, written out when the fd is writable again
+(once :meth:`EventLog.attach` gave a selector), and lines past that bound are
+dropped and counted: a ``dropped N log lines`` line takes their place.
+
 Example::
 
     log = EventLog("json")
@@ -13,18 +19,32 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import select
+import selectors
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from ..proc.outlet import Outlet
 
 __all__ = ["LOG_FORMATS", "EventLog"]
 
 LOG_FORMATS = ("text", "json")
+BUFFER_LIMIT = 1 << 20  # bytes of lines waiting for a slow reader; past it, lines drop
 
 
 class Subscriber(Protocol):
     def send(self, message: dict[str, Any]) -> bool: ...
+
+
+@dataclass
+class _Gap:
+    """Where lines were dropped, and how many: written as one line in their place."""
+
+    lines: int = 1
 
 
 class EventLog:
@@ -39,9 +59,19 @@ class EventLog:
         if format not in LOG_FORMATS:
             raise ValueError(f"unknown log format {format!r}; use text or json")
         self.format = format
-        self._fd = fd
+        self._outlet = Outlet(fd)
         self._pid = os.getpid()
         self._subscribers: list[Subscriber] = []
+        self._pending: collections.deque[bytes | _Gap] = collections.deque()
+        self._pending_bytes = 0
+        self._selector: selectors.BaseSelector | None = None
+        self._waiting = False  # registered in the selector for writability
+        self.dropped = 0  # lines dropped in all, for a status report
+
+    def attach(self, selector: selectors.BaseSelector) -> None:
+        """Write out buffered lines when the fd is writable, from ``selector``'s loop."""
+        self._selector = selector
+        self.flush()
 
     def subscribe(self, subscriber: Subscriber) -> None:
         if subscriber not in self._subscribers:
@@ -53,11 +83,7 @@ class EventLog:
 
     def event(self, kind: str, message: str, *, relay: bool = True, **fields: Any) -> None:
         """Log one lifecycle event and, with ``relay``, tell the subscribers."""
-        if self.format == "json":
-            record = {"time": round(time.time(), 3), "event": kind, "message": message, **fields}
-            self._write(json.dumps(record))
-        else:
-            self._write(f"gapless[{self._pid}]: {message}")
+        self._write(self._format(kind, message, **fields))
         for subscriber in list(self._subscribers) if relay else ():
             if not subscriber.send({"v": 1, "progress": message, "event": kind, **fields}):
                 self.unsubscribe(subscriber)
@@ -71,10 +97,76 @@ class EventLog:
         else:
             self._write(f"[gen {generation} pid {pid}] {text}")
 
+    def _format(self, kind: str, message: str, **fields: Any) -> str:
+        if self.format == "json":
+            record = {"time": round(time.time(), 3), "event": kind, "message": message, **fields}
+            return json.dumps(record)
+        return f"gapless[{self._pid}]: {message}"
+
     def _write(self, line: str) -> None:
         data = (line + "\n").encode(errors="replace")
-        try:
-            while data:
-                data = data[os.write(self._fd, data) :]
-        except OSError:
-            pass  # stderr gone: the manager keeps serving all the same
+        if self._pending_bytes + len(data) <= BUFFER_LIMIT:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+        else:
+            self.dropped += 1
+            last = self._pending[-1] if self._pending else None
+            if isinstance(last, _Gap):
+                last.lines += 1
+            else:
+                self._pending.append(_Gap())
+        if not self._waiting or not self._selector_open():
+            self.flush()  # else the selector calls it once the reader caught up
+
+    def flush(self) -> None:
+        """Write what the reader takes now; wait for writability for the rest."""
+        while self._pending:
+            head = self._pending[0]
+            if isinstance(head, _Gap):
+                head = self._gap_line(head.lines)
+                self._pending_bytes += len(head)
+            try:
+                sent = self._outlet.write(head)
+            except OSError:  # stderr gone: the manager keeps serving all the same
+                self._pending.clear()
+                self._pending_bytes = 0
+                break
+            if sent == 0:
+                self._pending[0] = head
+                break
+            self._pending_bytes -= sent
+            if sent < len(head):
+                self._pending[0] = head[sent:]
+            else:
+                self._pending.popleft()
+        self._wait_writable(bool(self._pending))
+
+    def _gap_line(self, lines: int) -> bytes:
+        message = f"dropped {lines} log line{'s' if lines != 1 else ''}: the log was not read"
+        return (self._format("dropped", message, lines=lines) + "\n").encode()
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the buffered lines to be written (at exit)."""
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._outlet, select.POLLOUT)
+        while self._pending and (remaining := deadline - time.monotonic()) > 0:
+            poller.poll(remaining * 1000)
+            self.flush()
+
+    def _selector_open(self) -> bool:
+        # A closed selector (the manager is exiting) has no map.
+        return self._selector is not None and self._selector.get_map() is not None
+
+    def _wait_writable(self, wanted: bool) -> None:
+        if not self._selector_open():
+            self._waiting = False
+            return
+        if wanted is self._waiting:
+            return
+        assert self._selector is not None
+        if wanted:
+            self._selector.register(self._outlet, selectors.EVENT_WRITE, self.flush)
+        else:
+            self._selector.unregister(self._outlet)
+        self._waiting = wanted

@@ -36,12 +36,10 @@ import dataclasses
 import os
 import select
 import signal
-import socket
 import sys
-from queue import SimpleQueue
 
 from ..proc.pidfile import remove_pid_file, write_pid_file
-from ..proc.signals import SignalCapture
+from ..proc.wakeup import SignalWakeup
 from .config import ManagerConfig
 from .eventlog import EventLog
 
@@ -87,29 +85,19 @@ def run_front(config: ManagerConfig) -> int:
 
 def _front(config: ManagerConfig, manager: int, mask: set[int | signal.Signals]) -> int:
     log = EventLog(config.log_format)
-    received: SimpleQueue[signal.Signals] = SimpleQueue()
-    wake_read, wake_write = socket.socketpair()
     pidfd = os.pidfd_open(manager)
     with contextlib.ExitStack() as stack:
-        for closing in (wake_read, wake_write):
-            closing.setblocking(False)
-            stack.callback(closing.close)
         stack.callback(os.close, pidfd)
-        previous = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        stack.callback(signal.set_wakeup_fd, previous)
-        stack.enter_context(SignalCapture({sig: received.put for sig in _CAUGHT}))
+        signals = stack.enter_context(SignalWakeup(_CAUGHT))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if config.pid_file is not None:
             stack.callback(remove_pid_file, config.pid_file)
         log.event("front", f"supervised as pid {os.getpid()}; the manager runs as pid {manager}")
         while True:
-            ready = select.select([wake_read.fileno(), pidfd], [], [])[0]
+            ready = select.select([signals.fileno(), pidfd], [], [])[0]
             if pidfd in ready:
                 return _exit_status(manager)
-            with contextlib.suppress(BlockingIOError):
-                wake_read.recv(4096)
-            while not received.empty():
-                sig = received.get()
+            for sig in signals.take():
                 if sig == signal.SIGTERM:
                     log.event(
                         "detached",

@@ -8,6 +8,11 @@ no new work). It runs inside the manager's ``select()`` loop, non-blocking,
 with no thread and no timer; it never touches the server's own sockets (a probe
 through those cannot tell generations apart, nor say "draining").
 
+It cannot take the manager down: out of fds (EMFILE), a spare fd kept for the
+purpose is freed to accept the pending probe and answer it at once, so the
+socket does not stay readable and the loop does not spin (as the control
+socket does); an unexpected error in answering one probe drops that probe only.
+
 Example::
 
     health = HealthEndpoint(parse_bind("127.0.0.1:8081"), selector)
@@ -19,8 +24,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
+import os
 import selectors
 import socket
+from collections.abc import Callable
 
 from ..sockets.addresses import Bind
 from ..sockets.listeners import listener_address, open_listener, remove_unix_path, stamp_unix_path
@@ -42,19 +50,27 @@ class HealthEndpoint:
         selector: the manager's selector; callables are registered as data.
         sock: an already listening socket to serve instead (one taken over from the
             previous instance); ``bind`` then only names it.
+        on_error: told, in one line, of an unexpected error that dropped a probe.
 
     Raises:
         ListenError: the address could not be opened.
+        OSError: no fd left for the spare.
     """
 
     def __init__(
-        self, bind: Bind, selector: selectors.BaseSelector, sock: socket.socket | None = None
+        self,
+        bind: Bind,
+        selector: selectors.BaseSelector,
+        sock: socket.socket | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.state = "starting"
         self._selector = selector
+        self._on_error = on_error
         self._sock = open_listener(bind) if sock is None else sock
         self._stamp = stamp_unix_path(self._sock) if sock is None else None
         self._sock.setblocking(False)
+        self._spare = os.dup(self._sock.fileno())  # see _answer_for_lack_of_fds
         self._clients: collections.OrderedDict[socket.socket, bytes] = collections.OrderedDict()
         self.address = listener_address(self._sock)
         self.accepting = False
@@ -81,18 +97,52 @@ class HealthEndpoint:
 
     def _on_accept(self) -> None:
         try:
+            self._accept()
+        except Exception as exc:  # a bug must not end the manager: probes are retried
+            self._report(exc)
+
+    def _accept(self) -> None:
+        try:
             client, _ = self._sock.accept()
         except (BlockingIOError, ConnectionAbortedError):
             return
-        except OSError:
-            return  # out of fds: the probe waits in the queue and is retried
-        client.setblocking(False)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._answer_for_lack_of_fds()
+            return  # else transient (ENOBUFS, ENOMEM): the probe is retried
         if len(self._clients) >= _MAX_CLIENTS:
             self._drop(next(iter(self._clients)))
         self._clients[client] = b""
-        self._selector.register(client, selectors.EVENT_READ, lambda: self._on_request(client))
+        try:
+            client.setblocking(False)
+            self._selector.register(client, selectors.EVENT_READ, lambda: self._on_request(client))
+        except Exception as exc:  # an fd the selector refuses: this probe only is lost
+            self._failed(client, exc)
+
+    def _answer_for_lack_of_fds(self) -> None:
+        """Out of fds, a pending probe would keep the socket readable and the loop
+        spinning: free the spare fd to accept it, answer what it sent so far (the
+        request is one small packet), and take the fd back."""
+        os.close(self._spare)
+        try:
+            with contextlib.suppress(OSError):
+                client, _ = self._sock.accept()
+                with client:
+                    client.setblocking(False)
+                    request = b""
+                    with contextlib.suppress(OSError):
+                        request = client.recv(_MAX_REQUEST)
+                    client.send(self.response(request))
+        finally:
+            self._spare = os.dup(self._sock.fileno())
 
     def _on_request(self, client: socket.socket) -> None:
+        try:
+            self._read(client)
+        except Exception as exc:  # a bug answering one probe must not end the manager
+            self._failed(client, exc)
+
+    def _read(self, client: socket.socket) -> None:
         try:
             data = client.recv(_MAX_REQUEST)
         except BlockingIOError:
@@ -109,6 +159,14 @@ class HealthEndpoint:
                 client.send(self.response(request))
             self._drop(client)
 
+    def _failed(self, client: socket.socket, exc: Exception) -> None:
+        self._drop(client)
+        self._report(exc)
+
+    def _report(self, exc: Exception) -> None:
+        if self._on_error is not None:
+            self._on_error(f"health endpoint dropped a probe: {type(exc).__name__}: {exc}")
+
     def response(self, request: bytes) -> bytes:
         """The whole HTTP/1.1 answer to ``request`` in the current state."""
         code = STATES[self.state]
@@ -124,7 +182,9 @@ class HealthEndpoint:
 
     def _drop(self, client: socket.socket) -> None:
         self._clients.pop(client, None)
-        self._selector.unregister(client)
+        # Unregistered before it is closed: a later fd of the same number must be free.
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(client)
         client.close()
 
     def close(self) -> None:
@@ -134,4 +194,5 @@ class HealthEndpoint:
         self.pause()
         if self._sock.fileno() != -1:
             self._sock.close()
+            os.close(self._spare)
             remove_unix_path(self._stamp)

@@ -116,6 +116,7 @@ class Manager:
         self._upstream = Upstream(self._environ.pop("NOTIFY_SOCKET", ""), self._log)
         self._control_path = config.control_path or default_control_path()
         self._selector = selectors.DefaultSelector()
+        self._log.attach(self._selector)  # lines a slow reader left wait for writability
         self._restarts = Restarts(
             config, self._environ, self._log, self._selector, self._upstream, lifeline
         )
@@ -193,6 +194,7 @@ class Manager:
         # so that `gapless stop && gapless run ...` finds everything free.
         self._log.event("stopped", f"stopped with exit code {supervisor.exit_code}")
         self._commands.answer_stopped()
+        self._log.drain(timeout=1.0)  # lines a slow reader left, bounded: it may never read
         return supervisor.exit_code
 
     def _turn(self) -> None:

@@ -6,8 +6,9 @@ A new gapless version (or a new virtualenv) replaces the running manager with
 and its children stay; only the code changes. Before the exec the manager
 writes its state (the generations, their pids and deadlines, which fd is which
 socket) as JSON to a memfd, clears close-on-exec on the fds that must survive
-(listeners, control socket, notify socket, each child's stderr pipe) and blocks
-the signals it handles, so none hits a default action while no handler exists;
+(listeners, control socket, notify socket, each child's stderr pipe, the
+watchdog's pipe) and blocks the signals it handles, so none hits a default
+action while no handler exists;
 the new process (``python -m gapless.reexec FD``) adopts everything, installs
 its handlers and unblocks them, and the pending signals (a SIGCHLD, a HUP) are
 delivered then.
@@ -181,8 +182,11 @@ def export_state(handover: Handover) -> tuple[dict[str, Any], list[int]]:
         "recovered_at": list(handover.recovered_at),
         "stopping": None if machine.phase is Phase.RUNNING else machine.exit_code,
         "queued": machine.queued is not None,
+        "watchdog": _watchdog_to_json(handover.children),
     }
     fds = [control.fileno(), receiver.fileno()]
+    if handover.children.watchdog is not None:  # its pipe open across the exec: no EOF
+        fds.append(handover.children.watchdog.fileno())
     fds += [item.sock.fileno() for item in handover.listeners]
     fds += [g["stderr_fd"] for g in generations if g["stderr_fd"] is not None]
     return state, fds
@@ -202,6 +206,7 @@ def adopt_generations(
     """In the new process: watch the generations handed over and restore their states
     (and, after a recovery, a stop or a follow-up reload under way)."""
     handed_over = generations_from_json(state["generations"])
+    children.adopt_watchdog(state.get("watchdog"))
     for gen, pid, stderr_fd in handed_over:
         children.adopt(gen.number, pid, stderr_fd)
     last = state["last_reload"]
@@ -213,6 +218,11 @@ def adopt_generations(
         machine.phase = Phase.STOPPING
         machine.exit_code = int(state["stopping"])
     upstream.restore(state["upstream"])
+
+
+def _watchdog_to_json(children: Children) -> dict[str, int] | None:
+    watchdog = children.watchdog
+    return None if watchdog is None else {"pid": watchdog.pid, "fd": watchdog.fileno()}
 
 
 def config_to_json(config: ManagerConfig) -> dict[str, Any]:

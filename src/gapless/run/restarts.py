@@ -147,7 +147,12 @@ class Restarts:
         self._supervisor = supervisor
         health_sock = self._lent.pop("health", None)
         if self.config.health_bind is not None:
-            self._health = HealthEndpoint(self.config.health_bind, self._selector, health_sock)
+            self._health = HealthEndpoint(
+                self.config.health_bind,
+                self._selector,
+                health_sock,
+                on_error=lambda message: self._log.event("warning", message),
+            )
             if self._taken is not None:
                 self._health.state = "serving"  # the previous instance serves meanwhile
             where = self._health.address

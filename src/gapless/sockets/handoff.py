@@ -38,12 +38,12 @@ import json
 import os
 import socket
 import stat
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import HandoffError
+from .credentials import peer_credentials
 from .listeners import remove_unix_path, stamp_unix_path
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "HandoffServer",
     "HandoffSession",
     "chunks",
-    "peer_credentials",
     "receive_message",
     "send_message",
     "uid_refusal",
@@ -61,7 +60,6 @@ PROTOCOL_VERSION = 1
 #: The kernel refuses more fds in one SCM_RIGHTS message (SCM_MAX_FD).
 MAX_FDS_PER_MESSAGE = 253
 _MAX_MESSAGE = 1 << 18  # names of 253 fds fit many times over
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ANCILLARY = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * 4)
 
 
@@ -136,7 +134,7 @@ class HandoffServer:
             conn, _ = self._sock.accept()
         except (BlockingIOError, ConnectionAbortedError):
             return None
-        pid, uid = peer_credentials(conn)
+        pid, uid, _ = peer_credentials(conn)
         # The holder speaks first, refusal or greeting, and a taker sends nothing
         # before reading it: closing a refused peer with its request unread would
         # reset the connection and lose the reason.
@@ -258,11 +256,6 @@ def _decode(data: bytes, what: str) -> dict[str, Any]:
     if message.get("op") == "error":
         raise HandoffError(str(message.get("error")))
     return message
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int]:
-    pid, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    return pid, uid
 
 
 def uid_refusal(uid: int) -> str:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import HandoffError
-from .handoff import Named, peer_credentials, receive_message, send_message, uid_refusal
+from .credentials import peer_credentials
+from .handoff import Named, receive_message, send_message, uid_refusal
 
 __all__ = ["Taken", "take_sockets"]
 
@@ -82,7 +83,7 @@ def take_sockets(path: str, timeout: float = 10.0) -> Taken | None:
         raise HandoffError(f"cannot reach handoff socket {path!r}: {exc.strerror}") from None
     # SO_PEERCRED names whoever called listen(): an earlier instance, if the socket
     # was passed on since. The holder's own messages say who serves it now.
-    taken = Taken(conn, holder_pid=peer_credentials(conn)[0])
+    taken = Taken(conn, holder_pid=peer_credentials(conn).pid)
     try:
         _check_holder(conn, path)
         _read_greeting(conn, path)  # a refusal raises here, with the holder's reason
@@ -110,7 +111,7 @@ def _read_greeting(conn: socket.socket, path: str) -> None:
 
 
 def _check_holder(conn: socket.socket, path: str) -> None:
-    uid = peer_credentials(conn)[1]
+    uid = peer_credentials(conn).uid
     if uid not in (0, os.getuid()):
         raise HandoffError(f"handoff socket {path!r} is served by uid {uid}: {uid_refusal(uid)}")
 
