@@ -16,7 +16,10 @@ drain (see :mod:`gapless.integrations` for the contract):
   ``app[DRAIN_KEY]``, to tell its WebSocket clients; after ``ws_grace`` the
   WebSockets still open are closed with code 1012;
 * once every connection ended (or the deadline cut them, counted in the log)
-  ``AppRunner.cleanup()`` runs ``on_shutdown`` and ``on_cleanup``.
+  ``AppRunner.cleanup()`` runs ``on_shutdown`` and ``on_cleanup``;
+* the head limits of :mod:`.limits`, which aiohttp lacks: a head must arrive
+  within ``read_timeout`` (408), and may not take more than
+  ``max_header_size`` bytes in all (431; aiohttp only caps each line).
 
 aiohttp internals relied on (tested with 3.14): ``AppRunner._make_server``,
 ``web_server.Server`` (``request_handler``, ``request_factory``,
@@ -36,7 +39,7 @@ import logging
 import socket
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..errors import ServeError
@@ -49,6 +52,7 @@ from .common import (
     unread_bytes,
 )
 from .drain import StopRequest, handshaking, log_report, stop_accepting
+from .limits import HeadDeadline, error_response, head_size
 
 try:
     from aiohttp import web
@@ -66,7 +70,56 @@ DRAIN_KEY = web.AppKey("gapless.drain", asyncio.Event)
 
 
 class DrainingRequestHandler(RequestHandler):
-    """aiohttp's connection, whose keep-alive expiry never closes on a waiting request."""
+    """aiohttp's connection, whose keep-alive expiry never closes on a waiting
+    request, and whose request heads are held to the limits."""
+
+    read_timeout: float | None = None
+    max_header_size = 16384
+    _deadline: HeadDeadline
+    _payload: Any = None  # the body of the last request, while it is received
+    _head_bytes = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._deadline = HeadDeadline(self._loop, self.read_timeout, self._head_expired)
+        self._deadline.start()  # a new connection owes its first head within the time
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._deadline.stop()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        count, in_head = self._request_count, self._in_head()
+        super().data_received(data)
+        if self._request_count != count:  # a head completed
+            self._deadline.stop()
+            self._head_bytes = 0
+            self._payload = self._messages[-1][1] if self._messages else None
+        elif self._in_head() and self.transport is not None:
+            self._head_bytes = self._head_bytes + len(data) if in_head else 0
+            self._deadline.start()
+            if self._head_bytes > self.max_header_size:
+                self._refuse(431)
+
+    def _in_head(self) -> bool:
+        return self._payload is None or self._payload.is_eof()
+
+    def _head_expired(self, received: int) -> None:
+        if self.transport is None or not self._in_head():
+            return
+        if self._waiter is None or self._waiter.done():  # busy answering: look again later
+            self._deadline.restart_later()
+            return
+        if self._head_bytes or self._request_count:
+            self._refuse(408)
+        else:
+            self.force_close()
+
+    def _refuse(self, status: int) -> None:
+        self._deadline.stop()
+        if self.transport is not None:
+            self.transport.write(error_response(status))
+        self.force_close()
 
     def _process_keepalive(self) -> None:
         transport = self.transport
@@ -86,12 +139,18 @@ class _DrainingServer(Server):
     """aiohttp's server making :class:`DrainingRequestHandler` connections, with an
     event set each time one ends (the drain waits on it, not on a timer)."""
 
+    read_timeout: float | None = None
+    max_header_size = 16384
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.changed = asyncio.Event()
 
     def __call__(self) -> RequestHandler:
-        return DrainingRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = DrainingRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.read_timeout = self.read_timeout
+        handler.max_header_size = self.max_header_size
+        return handler
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
@@ -103,15 +162,20 @@ class _DrainingServer(Server):
 
 
 class _Runner(web.AppRunner):
+    options = ServeOptions()
+
     async def _make_server(self) -> Server:
         made = await super()._make_server()
-        return _DrainingServer(
+        server = _DrainingServer(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=asyncio.get_running_loop(),
             **made._kwargs,
         )
+        server.read_timeout = self.options.read_timeout
+        server.max_header_size = self.options.max_header_size
+        return server
 
 
 def serve_aiohttp(
@@ -152,6 +216,7 @@ class _Worker:
         self.stop = StopRequest()
         app[DRAIN_KEY] = self.flag.event
         app.on_response_prepare.append(self._on_prepare)
+        app.middlewares.insert(0, _head_limit(options.max_header_size))
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         if isinstance(response, web.WebSocketResponse):
@@ -170,6 +235,7 @@ class _Worker:
     ) -> DrainReport:
         self.stop.install()
         runner = _Runner(self.app, **_runner_options(self.options))
+        runner.options = self.options
         await runner.setup()  # on_startup runs here
         server = runner.server
         assert isinstance(server, _DrainingServer)
@@ -220,6 +286,25 @@ class _Worker:
         report = DrainReport(time.monotonic() - self.stop.at, cut, len(remaining))
         log_report(report, "a second signal" if self.stop.force else "the deadline")
         return report
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _head_limit(max_size: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Middleware: 431 for a head above ``max_size`` that arrived whole (the
+    handler bounds one still arriving); aiohttp itself only caps each line."""
+
+    @web.middleware
+    async def limit_head(request: web.Request, handler: Handler) -> web.StreamResponse:
+        size = head_size(request.method.encode(), request.raw_path.encode(), request.raw_headers)
+        if size > max_size:
+            response = web.Response(status=431, text="Request Header Fields Too Large")
+            response.force_close()
+            return response
+        return await handler(request)
+
+    return limit_head
 
 
 async def _wait(
