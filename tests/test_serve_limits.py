@@ -6,6 +6,7 @@ request. Generations are started by hand, as in test_serve_uvicorn.py."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
 import socket
@@ -52,10 +53,8 @@ def _until_closed(sock: socket.socket, started: float, trickle: bytes = b"") -> 
                 return received
             received += data
         elif sent < len(trickle):
-            try:
-                sock.send(trickle[sent : sent + 1])
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # closed: the read above sees it next
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.send(trickle[sent : sent + 1])  # if closed, the read above sees it next
             sent += 1
 
 

@@ -291,7 +291,7 @@ class _Worker:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _head_limit(max_size: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _head_limit(max_size: int) -> Any:
     """Middleware: 431 for a head above ``max_size`` that arrived whole (the
     handler bounds one still arriving); aiohttp itself only caps each line."""
 

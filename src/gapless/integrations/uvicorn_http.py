@@ -71,9 +71,7 @@ def http_protocol(
         protocol: type[DrainingHttp] = DrainingH11Protocol
     else:
         if importlib.util.find_spec("httptools") is None:
-            raise ServeError(
-                "HTTP parser 'httptools' is not installed: pip install gapless[serve]"
-            )
+            raise ServeError("HTTP parser 'httptools' is not installed: pip install gapless[serve]")
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         class DrainingHttpToolsProtocol(HttpToolsHeads, DrainingHttp, HttpToolsProtocol):
