@@ -5,7 +5,10 @@ option the chosen server would ignore is refused (exit 2, one line)."""
 from __future__ import annotations
 
 import argparse
+import http.client
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from manager_harness import TIMEOUT, gapless_argv
-from serve_harness import APPS
+from serve_harness import APPS, Handover, probe
 
 import gapless
 from gapless.cli import build_parser
@@ -153,3 +156,19 @@ def test_no_option_is_turned_back_into_argv_through_argparse_internals() -> None
     assert hasattr(parser, "_actions")  # the private API this replaced
     source = Path(sys.modules[child_argv.__module__].__file__ or "").read_text()
     assert "_actions" not in source and "_AppendAction" not in source
+
+
+def test_aiohttp_honours_the_access_log_and_log_level() -> None:
+    argv = [sys.executable, "-m", "gapless.serve.child", "serve_aiohttp_app:app"]
+    with Handover(argv) as handover:
+        handover.capture_stderr = True
+        child = handover.start()
+        assert probe(http.client.HTTPConnection("127.0.0.1", handover.port, timeout=5)) is None
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(TIMEOUT) is not None
+        assert child.stderr_fd is not None
+        log = b""
+        while chunk := os.read(child.stderr_fd, 65536):
+            log += chunk
+    assert b'"GET / HTTP/1.1" 200' in log, log.decode(errors="replace")
+    assert b"serving aiohttp on" in log and b"with uvicorn" not in log

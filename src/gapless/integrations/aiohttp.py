@@ -137,7 +137,20 @@ def serve_aiohttp(
     """
     if not isinstance(app, web.Application):
         raise ServeError(f"{app!r} is not an aiohttp.web.Application: use --interface asgi")
+    _log_to_stderr(options.log_level)
     return asyncio.run(_Worker(app, options).run(sockets, on_ready, on_drain))
+
+
+def _log_to_stderr(level: str) -> None:
+    """aiohttp logs (the access log too) to its ``aiohttp.*`` loggers, which
+    have no handler: without this, ``access_log`` and ``log_level`` did nothing."""
+    root = logging.getLogger("aiohttp")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-8s aiohttp[%(process)d]: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 class _Worker:
