@@ -170,6 +170,11 @@ class LoadResult:
         return sum(self.failures.values())
 
 
+# done() runs in wrk's main Lua state through an unprotected lua_call: any error
+# there (a nil from a thread, say) makes LuaJIT panic and exit(1) right after wrk
+# printed its own summary, which is how "no report from wrk" looked. So done()
+# protects itself, counts a missing value as 0, writes any error, and flushes; and
+# Wrk.stop falls back on wrk's own summary lines, with wrk's stderr in the message.
 WRK_SCRIPT = """
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
@@ -177,17 +182,26 @@ function init(args) non2xx = 0 end
 function response(status, headers, body)
   if status < 200 or status > 299 then non2xx = non2xx + 1 end
 end
-function done(summary, latency, requests)
+local function report(summary)
   local bad = 0
-  for _, t in ipairs(threads) do bad = bad + t:get("non2xx") end
+  for _, t in ipairs(threads) do bad = bad + (tonumber(t:get("non2xx")) or 0) end
   local e = summary.errors
   io.write(string.format("GAPLESS requests=%d connect=%d read=%d write=%d timeout=%d non2xx=%d\\n",
     summary.requests, e.connect, e.read, e.write, e.timeout, bad))
+end
+function done(summary, latency, requests)
+  local ok, err = pcall(report, summary)
+  if not ok then io.write("GAPLESS-ERROR " .. tostring(err) .. "\\n") end
+  io.flush()
 end
 """
 _WRK_LINE = re.compile(
     r"GAPLESS requests=(\d+) connect=(\d+) read=(\d+) write=(\d+) timeout=(\d+) non2xx=(\d+)"
 )
+# wrk's own summary: the fallback when the script's line is missing.
+_WRK_REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.M)
+_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_WRK_STATUS = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
 class Wrk:
@@ -202,20 +216,31 @@ class Wrk:
         if close:
             argv += ["-H", "Connection: close"]
         self.process = subprocess.Popen(
-            [*argv, f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True
+            [*argv, f"http://127.0.0.1:{port}/"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def stop(self) -> LoadResult:
         self.process.send_signal(signal.SIGINT)
-        out, _ = self.process.communicate(timeout=TIMEOUT)
-        match = _WRK_LINE.search(out)
-        assert match, f"no report from wrk:\n{out}"
-        requests, *counts = (int(group) for group in match.groups())
+        out, err = self.process.communicate(timeout=TIMEOUT)
         names = ("connect", "read", "write", "timeout", "non2xx")
+        match = _WRK_LINE.search(out)
+        if match:
+            requests, *counts = (int(group) for group in match.groups())
+        else:  # wrk's own lines; its non-2xx count is of statuses above 399
+            found = _WRK_REQUESTS.search(out)
+            assert found, f"no report from wrk (exit {self.process.returncode}):\n{out}\n{err}"
+            requests = int(found.group(1))
+            socket_errors = _WRK_SOCKET.search(out)
+            status = _WRK_STATUS.search(out)
+            counts = [int(n) for n in socket_errors.groups()] if socket_errors else [0] * 4
+            counts.append(int(status.group(1)) if status else 0)
         failures = Counter(
             {name: count for name, count in zip(names, counts, strict=True) if count}
         )
-        return LoadResult(requests, failures, [out] if failures else [])
+        return LoadResult(requests, failures, [out + err] if failures else [])
 
 
 class Prober:

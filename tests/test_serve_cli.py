@@ -69,10 +69,12 @@ def reload(manager: Manager) -> None:
 
 
 @needs_wrk
-@pytest.mark.parametrize("app", ["serve_app:app", "serve_wsgi_app:app"], ids=["asgi", "wsgi"])
-def test_reloads_under_load_lose_nothing(tmp_path: Path, app: str) -> None:
+@pytest.mark.parametrize(
+    "args", [["serve_app:app"], ["serve_wsgi_app:app", "--threads", "32"]], ids=["asgi", "wsgi"]
+)
+def test_reloads_under_load_lose_nothing(tmp_path: Path, args: list[str]) -> None:
     """wrk with keep-alive and wrk with ``Connection: close`` at once, and the prober."""
-    with serving(tmp_path, app, "--threads", "32") as manager:
+    with serving(tmp_path, *args) as manager:
         kept = Wrk(manager.port, tmp_path, connections=8)
         closing = Wrk(manager.port, tmp_path, connections=8, close=True)
         prober = Prober(manager.port, threads=2)

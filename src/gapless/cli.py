@@ -22,19 +22,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from ._version import __version__
+from .cli_args import (
+    EXIT_USAGE,
+    RESTART_GROUP,
+    RESTART_OPTIONS,
+    Parser,
+    bind,
+    nonempty_path,
+    positive_seconds,
+    usage_error,
+)
 from .errors import GaplessError
 from .run.eventlog import LOG_FORMATS
 from .serve import cli as serve_cli
-from .sockets.addresses import Bind, parse_bind
-
-EXIT_USAGE = 2
 
 _RUN_HELP = """\
 Run COMMAND as generations on sockets the manager keeps: each generation gets them
@@ -48,18 +54,12 @@ others: /tmp/gapless-UID/), named after the working directory, so reload, status
 and stop run in the same directory find this manager without --control."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line, not the usage block: ``gapless run: error: ...; see --help``."""
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gapless", description="Zero-downtime restarts for socket servers.")
+    parser = Parser(prog="gapless", description="Zero-downtime restarts for socket servers.")
     parser.add_argument("--version", action="version", version=f"gapless {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(commands)
-    _add_restart_options(serve_cli.add_parser(commands))
+    serve_cli.add_parser(commands)
     commands.add_parser(
         "bench",
         help="measure failed requests, latency and reload time under load",
@@ -73,14 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=what, description=what)
         sub.add_argument(
-            "--control", type=_path, metavar="PATH", help="the manager's control socket"
+            "--control", type=nonempty_path, metavar="PATH", help="the manager's control socket"
         )
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print JSON, for scripts")
         if name == "upgrade":
             sub.add_argument(
                 "--python",
-                type=_path,
+                type=nonempty_path,
                 metavar="PATH",
                 help="the interpreter to exec (default: the same)",
             )
@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--reloads", type=_positive_int, default=10, help="default 10")
     length = demo.add_mutually_exclusive_group()
-    length.add_argument("--duration", type=_seconds, help="seconds of load (default 15)")
-    length.add_argument("--interval", type=_seconds, help="or: seconds between reloads")
+    length.add_argument("--duration", type=positive_seconds, help="seconds of load (default 15)")
+    length.add_argument("--interval", type=positive_seconds, help="or: seconds between reloads")
     demo.add_argument("--output", metavar="DIR", help="for the JSON and PNG (default: a temp dir)")
     demo.add_argument("--no-wrk", dest="wrk", action="store_const", const=False, help="prober only")
     return parser
@@ -104,15 +104,17 @@ def _add_run(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument(
-        "--bind", action="append", default=[], type=_bind, metavar="[NAME=]ADDRESS",
+        "--bind", action="append", default=[], type=bind, metavar="[NAME=]ADDRESS",
         help="a socket to listen on (HOST:PORT, [V6]:PORT, unix:PATH, fd://N); repeatable",
     )  # fmt: skip
     run.add_argument(
-        "--control", type=_path, metavar="PATH", help="the control socket (default: see above)"
-    )
+        "--control", type=nonempty_path, metavar="PATH",
+        help="the control socket (default: see above)",
+    )  # fmt: skip
     run.add_argument(
-        "--pid-file", type=_path, metavar="PATH", help="write the manager's (stable) PID here"
-    )
+        "--pid-file", type=nonempty_path, metavar="PATH",
+        help="write the manager's (stable) PID here",
+    )  # fmt: skip
     run.add_argument(
         "--ready", default="auto", type=_ready, metavar="auto|notify|accept|delay:SECONDS",
         help="how a generation shows it is ready: READY=1 on NOTIFY_SOCKET (notify), "
@@ -120,11 +122,11 @@ def _add_run(commands: Any) -> None:
         "or a fixed delay (a weak fallback)",
     )  # fmt: skip
     run.add_argument(
-        "--ready-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+        "--ready-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
         help="kill a generation not ready by then (default 60)",
     )  # fmt: skip
     run.add_argument(
-        "--drain-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+        "--drain-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
         help="SIGKILL a draining generation's process group after this (default 30)",
     )  # fmt: skip
     run.add_argument(
@@ -137,28 +139,9 @@ def _add_run(commands: Any) -> None:
 
 
 def _add_restart_options(run: argparse.ArgumentParser) -> None:
-    group = run.add_argument_group(
-        "restarts by a supervisor, systemd or Kubernetes (docs/deploy.md)"
-    )
-    group.add_argument(
-        "--handoff", nargs="?", const="", metavar="PATH",
-        help="on TERM, exit at once but keep serving, detached, until the next instance "
-        "(started with the same --handoff) takes the sockets over PATH (default: beside "
-        "the control socket); gapless stop still stops",
-    )  # fmt: skip
-    group.add_argument(
-        "--handoff-timeout", type=_seconds, default=10.0, metavar="SECONDS",
-        help="drain and exit if no instance took over by then (default 10)",
-    )  # fmt: skip
-    group.add_argument(
-        "--shutdown-delay", type=_delay, default=0.0, metavar="SECONDS",
-        help="after the first TERM or INT keep accepting this long, the health endpoint "
-        "saying draining, then drain (default 0)",
-    )  # fmt: skip
-    group.add_argument(
-        "--health-bind", type=_bind, metavar="ADDRESS",
-        help="answer HTTP GET here: 200 serving, 503 starting or draining",
-    )  # fmt: skip
+    group = run.add_argument_group(RESTART_GROUP)
+    for option in RESTART_OPTIONS:
+        option.add_to(group)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,11 +182,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .run.manager import Manager, ManagerConfig
+    from .run.config import ManagerConfig
+    from .run.launch import start
 
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
-        _usage("gapless run", "missing COMMAND: gapless run [OPTIONS] -- COMMAND [ARG]...")
+        usage_error("gapless run", "missing COMMAND: gapless run [OPTIONS] -- COMMAND [ARG]...")
     config = ManagerConfig(
         command=command,
         binds=args.bind,
@@ -216,11 +200,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         log_format=args.log_format,
         **_restart_settings(args),
     )
-    if config.handoff_path is not None:
-        from .run.front import run_front
-
-        return run_front(config)
-    return Manager(config).run()
+    return start(config)
 
 
 def _restart_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -320,18 +300,6 @@ def _age(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _usage(prog: str, message: str) -> NoReturn:
-    print(f"{prog}: error: {message}; see {prog} --help", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
-
-
-def _bind(text: str) -> Bind:
-    try:
-        return parse_bind(text)
-    except GaplessError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _ready(text: str) -> object:
     from .run.manager import ReadyMode
 
@@ -339,32 +307,6 @@ def _ready(text: str) -> object:
         return ReadyMode.parse(text)
     except GaplessError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def _path(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("empty path; give the path of a file")
-    return text
-
-
-def _delay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return value
 
 
 def _signal(text: str) -> signal.Signals:

@@ -111,3 +111,8 @@ class ServeError(GaplessError):
 
 class BenchError(GaplessError):
     """``gapless bench`` could not run: a bad option, a server that never served."""
+
+
+class OptionIgnoredError(ServeError):
+    """A ``gapless serve`` option was given that the chosen server would ignore,
+    e.g. ``--http h11`` with hypercorn."""

@@ -16,7 +16,10 @@ drain (see :mod:`gapless.integrations` for the contract):
   ``app[DRAIN_KEY]``, to tell its WebSocket clients; after ``ws_grace`` the
   WebSockets still open are closed with code 1012;
 * once every connection ended (or the deadline cut them, counted in the log)
-  ``AppRunner.cleanup()`` runs ``on_shutdown`` and ``on_cleanup``.
+  ``AppRunner.cleanup()`` runs ``on_shutdown`` and ``on_cleanup``;
+* the head limits of :mod:`.limits`, which aiohttp lacks: a head must arrive
+  within ``read_timeout`` (408), and may not take more than
+  ``max_header_size`` bytes in all (431; aiohttp only caps each line).
 
 aiohttp internals relied on (tested with 3.14): ``AppRunner._make_server``,
 ``web_server.Server`` (``request_handler``, ``request_factory``,
@@ -40,13 +43,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ServeError
+from .aiohttp_handler import DrainingRequestHandler, head_limit
 from .common import (
     SERVICE_RESTART,
     DrainFlag,
     DrainReport,
     ServeOptions,
     listen_backlog,
-    unread_bytes,
 )
 from .drain import StopRequest, handshaking, log_report, stop_accepting
 
@@ -65,33 +68,22 @@ logger = logging.getLogger("gapless.serve")
 DRAIN_KEY = web.AppKey("gapless.drain", asyncio.Event)
 
 
-class DrainingRequestHandler(RequestHandler):
-    """aiohttp's connection, whose keep-alive expiry never closes on a waiting request."""
-
-    def _process_keepalive(self) -> None:
-        transport = self.transport
-        sock = None if transport is None else transport.get_extra_info("socket")
-        if sock is not None and not self._force_close and unread_bytes(sock.fileno()) > 0:
-            # A request arrived unseen: let the loop read it; expire only after it.
-            loop = asyncio.get_running_loop()
-            self._next_keepalive_close_time = loop.time() + self._keepalive_timeout
-            self._keepalive_handle = loop.call_at(
-                self._next_keepalive_close_time, self._process_keepalive
-            )
-            return
-        super()._process_keepalive()
-
-
 class _DrainingServer(Server):
     """aiohttp's server making :class:`DrainingRequestHandler` connections, with an
     event set each time one ends (the drain waits on it, not on a timer)."""
+
+    read_timeout: float | None = None
+    max_header_size = 16384
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.changed = asyncio.Event()
 
     def __call__(self) -> RequestHandler:
-        return DrainingRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = DrainingRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.read_timeout = self.read_timeout
+        handler.max_header_size = self.max_header_size
+        return handler
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
@@ -103,15 +95,20 @@ class _DrainingServer(Server):
 
 
 class _Runner(web.AppRunner):
+    options = ServeOptions()
+
     async def _make_server(self) -> Server:
         made = await super()._make_server()
-        return _DrainingServer(
+        server = _DrainingServer(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=asyncio.get_running_loop(),
             **made._kwargs,
         )
+        server.read_timeout = self.options.read_timeout
+        server.max_header_size = self.options.max_header_size
+        return server
 
 
 def serve_aiohttp(
@@ -140,7 +137,20 @@ def serve_aiohttp(
     """
     if not isinstance(app, web.Application):
         raise ServeError(f"{app!r} is not an aiohttp.web.Application: use --interface asgi")
+    _log_to_stderr(options.log_level)
     return asyncio.run(_Worker(app, options).run(sockets, on_ready, on_drain))
+
+
+def _log_to_stderr(level: str) -> None:
+    """aiohttp logs (the access log too) to its ``aiohttp.*`` loggers, which
+    have no handler: without this, ``access_log`` and ``log_level`` did nothing."""
+    root = logging.getLogger("aiohttp")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-8s aiohttp[%(process)d]: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 class _Worker:
@@ -152,6 +162,7 @@ class _Worker:
         self.stop = StopRequest()
         app[DRAIN_KEY] = self.flag.event
         app.on_response_prepare.append(self._on_prepare)
+        app.middlewares.insert(0, head_limit(options.max_header_size))
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         if isinstance(response, web.WebSocketResponse):
@@ -170,6 +181,7 @@ class _Worker:
     ) -> DrainReport:
         self.stop.install()
         runner = _Runner(self.app, **_runner_options(self.options))
+        runner.options = self.options
         await runner.setup()  # on_startup runs here
         server = runner.server
         assert isinstance(server, _DrainingServer)

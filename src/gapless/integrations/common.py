@@ -61,9 +61,10 @@ class ServeOptions:
     Attributes:
         drain_timeout: seconds from the stop signal to cutting what remains.
         keep_alive: seconds an idle keep-alive connection is kept, also in a drain.
-        read_timeout: seconds a connection may stay silent in the middle of a
-            request before it is closed (hypercorn and aiohttp; None: no limit).
-        max_header_size: bytes a request head may take (h11, hypercorn, aiohttp).
+        read_timeout: seconds a request head may take from its first byte (from
+            the connection's start for a new one) before the connection is cut,
+            with 408 if some of it arrived (None: no limit). See :mod:`.limits`.
+        max_header_size: bytes a request head may take; above, 431.
         http: uvicorn's HTTP parser: ``auto`` (httptools if installed), ``h11``
             or ``httptools``.
         limit_concurrency: answer 503 beyond this many connections or requests.

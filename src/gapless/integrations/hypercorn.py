@@ -18,6 +18,10 @@ runs its own worker loop instead of ``worker_serve`` (see
   the rest are closed with code 1012 through ASGI;
 * the listeners close without dropping accepted connections, the deadline cuts
   what remains, and the count is logged;
+* a request head must arrive within ``read_timeout`` (:mod:`.limits`: 408),
+  in place of hypercorn's own ``read_timeout``, which closes any connection
+  silent that long: idle keep-alive ones too, racing with a client sending on
+  them, and ones waiting on a slow response;
 * TLS offers HTTP/1.1 only (ALPN): HTTP/2 would need a drain of its own
   (GOAWAY, then the streams in flight), not written yet. A cleartext client
   speaking HTTP/2 with prior knowledge is served, without that drain.
@@ -39,6 +43,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
+from ssl import SSLError
 from typing import Any
 
 from ..errors import ServeError
@@ -52,13 +57,15 @@ from .common import (
     unread_bytes,
 )
 from .drain import StopRequest, Tracked, handshaking, log_report, stop_accepting
+from .limits import HeadDeadline, HeadSizeLimit, error_response
 
 try:
     from hypercorn.app_wrappers import ASGIWrapper
     from hypercorn.asyncio.lifespan import Lifespan
-    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
     from hypercorn.asyncio.worker_context import WorkerContext
     from hypercorn.config import Config
+    from hypercorn.events import Closed, Event, RawData, Updated
 except ImportError:  # pragma: no cover - the message names the fix
     raise ServeError("--server hypercorn needs hypercorn: pip install hypercorn") from None
 
@@ -70,7 +77,20 @@ _LIFESPAN_MIN = 1.0  # lifespan shutdown runs even when the drain used the deadl
 
 
 class DrainingTCPServer(TCPServer):
-    """hypercorn's connection, whose idle expiry never closes on a waiting request."""
+    """hypercorn's connection, whose idle expiry never closes on a waiting request,
+    and whose request heads must arrive within ``head_timeout``."""
+
+    head_timeout: float | None = None
+    _awaiting_head = True  # until hypercorn reports a request began (not idle)
+    _head_bytes = 0
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            self._awaiting_head = event.idle
+            if not event.idle:
+                self._deadline.stop()  # the head is complete
+                self._head_bytes = 0
+        await super().protocol_send(event)
 
     async def _idle_timeout(self) -> None:
         sock = self.writer.get_extra_info("socket")
@@ -82,10 +102,31 @@ class DrainingTCPServer(TCPServer):
         await asyncio.shield(self._initiate_server_close())
 
     async def _read_data(self) -> None:
-        await super()._read_data()
+        # hypercorn's loop, with the head deadline in place of its read timeout.
+        self._deadline = HeadDeadline(self.loop, self.head_timeout, self._head_expired)
+        self._deadline.start()  # a new connection owes its first head within the time
+        while not self.reader.at_eof():
+            try:
+                data = await self.reader.read(MAX_RECV)
+            except (ConnectionError, OSError, SSLError):
+                break
+            awaiting = self._awaiting_head
+            await self.protocol.handle(RawData(data))
+            if awaiting and self._awaiting_head and data:
+                self._head_bytes += len(data)
+                self._deadline.start()
+        self._deadline.stop()
+        await self.protocol.handle(Closed())
         # The client closed: nothing to expire. hypercorn would keep the timer, and
         # the connection's task with it, until the keep-alive time ran out.
         await self.idle_task.stop()
+
+    def _head_expired(self, received: int) -> None:
+        if not self._awaiting_head or self.writer.is_closing():
+            return
+        if self._head_bytes:
+            self.writer.write(error_response(408))
+        self.writer.close()
 
 
 def serve_hypercorn(
@@ -120,7 +161,8 @@ class _Worker:
         self, app: ASGIApp, sockets: Sequence[socket.socket], options: ServeOptions
     ) -> None:
         self.flag = DrainFlag()
-        self.middleware = CloseWhenDraining(app, self.flag)
+        limited = HeadSizeLimit(app, options.max_header_size)
+        self.middleware = CloseWhenDraining(limited, self.flag)
         self.app = ASGIWrapper(self.middleware)  # type: ignore[arg-type]  # ASGI, loosely typed
         self.sockets = sockets
         self.options = options
@@ -161,12 +203,15 @@ class _Worker:
         ssl = self.config.create_ssl_context() if self.config.ssl_enabled else None
         handshake = self.config.ssl_handshake_timeout if ssl else None
 
+        class Connection(DrainingTCPServer):
+            head_timeout = self.options.read_timeout
+
         async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
             self.connections.add(task)
             try:
-                await DrainingTCPServer(self.app, loop, self.config, context, state, reader, writer)
+                await Connection(self.app, loop, self.config, context, state, reader, writer)
             finally:
                 self.connections.discard(task)
 
@@ -216,7 +261,7 @@ class _Worker:
 def _config(options: ServeOptions) -> Config:
     config = Config()
     config.keep_alive_timeout = options.keep_alive
-    config.read_timeout = options.read_timeout  # type: ignore[assignment]  # a float works
+    config.read_timeout = None  # DrainingTCPServer's head deadline instead
     config.h11_max_incomplete_size = options.max_header_size
     config.certfile = options.certfile
     config.keyfile = options.keyfile

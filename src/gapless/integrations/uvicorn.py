@@ -58,6 +58,7 @@ from .common import (
     listen_backlog,
 )
 from .drain import handshaking, log_report, stop_accepting
+from .limits import HeadSizeLimit
 from .uvicorn_http import DrainingHttp, DrainState, http_protocol
 
 __all__ = ["DrainingServer", "serve_asgi"]
@@ -99,9 +100,13 @@ def serve_asgi(
     """
     flag = DrainFlag()
     config = uvicorn.Config(
-        CloseWhenDraining(app, flag),
+        CloseWhenDraining(HeadSizeLimit(app, options.max_header_size), flag),
         interface="asgi3",
-        http=http_protocol(options.http),
+        http=http_protocol(
+            options.http,
+            read_timeout=options.read_timeout,
+            max_header_size=options.max_header_size,
+        ),
         loop="asyncio",  # the drain relies on the selector loop's accept path
         timeout_keep_alive=options.keep_alive,  # type: ignore[arg-type]  # a float works
         limit_concurrency=options.limit_concurrency,

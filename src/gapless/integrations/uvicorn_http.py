@@ -9,10 +9,16 @@ connection accepted but never written to gets the same expiry once the drain
 starts. The connection and task sets call back on every removal, so the drain
 waits on events instead of polling.
 
+They also keep the limits on request heads uvicorn lacks (:mod:`.limits`): a
+head that takes longer than ``--read-timeout`` is cut with 408 (uvicorn has no
+such timeout: a slowloris client holds a connection for ever), and with
+httptools a head still incomplete past ``--max-header-size`` gets 431 (h11
+bounds its buffer itself; httptools would buffer without end).
+
 Example::
 
     state = DrainState(DrainFlag())        # a uvicorn ServerState
-    config = uvicorn.Config(app, http=http_protocol("auto"))
+    config = uvicorn.Config(app, http=http_protocol("auto", read_timeout=10.0))
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from uvicorn.server import ServerState
 
 from ..errors import ServeError
 from .common import DrainFlag, unread_bytes
+from .limits import HeadDeadline, error_response
 
 __all__ = ["DrainState", "DrainingHttp", "http_protocol"]
 
@@ -33,11 +40,17 @@ _T = TypeVar("_T")
 _HTTP_PARSERS = ("auto", "h11", "httptools")
 
 
-def http_protocol(name: str) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class of that name, with the drain's keep-alive expiry.
+def http_protocol(
+    name: str, *, read_timeout: float | None = None, max_header_size: int = 16384
+) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class of that name, with the drain's keep-alive
+    expiry and the head limits.
 
     Args:
         name: ``auto`` (httptools if installed, else h11), ``h11`` or ``httptools``.
+        read_timeout: seconds a request head may take (None: no limit).
+        max_header_size: bytes an incomplete head may take (httptools; h11 is
+            given the same limit as ``h11_max_incomplete_event_size``).
 
     Returns:
         A protocol class to pass as ``uvicorn.Config(http=...)``.
@@ -52,18 +65,22 @@ def http_protocol(name: str) -> type[asyncio.Protocol]:
     if name == "h11":
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
-        class DrainingH11Protocol(DrainingHttp, H11Protocol):
+        class DrainingH11Protocol(H11Heads, DrainingHttp, H11Protocol):
             """uvicorn's h11 protocol with the drain's keep-alive expiry."""
 
-        return DrainingH11Protocol
-    if importlib.util.find_spec("httptools") is None:
-        raise ServeError("HTTP parser 'httptools' is not installed: pip install gapless[serve]")
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        protocol: type[DrainingHttp] = DrainingH11Protocol
+    else:
+        if importlib.util.find_spec("httptools") is None:
+            raise ServeError("HTTP parser 'httptools' is not installed: pip install gapless[serve]")
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class DrainingHttpToolsProtocol(DrainingHttp, HttpToolsProtocol):
-        """uvicorn's httptools protocol with the drain's keep-alive expiry."""
+        class DrainingHttpToolsProtocol(HttpToolsHeads, DrainingHttp, HttpToolsProtocol):
+            """uvicorn's httptools protocol with the drain's keep-alive expiry."""
 
-    return DrainingHttpToolsProtocol
+        protocol = DrainingHttpToolsProtocol
+    protocol.read_timeout = read_timeout
+    protocol.max_header_size = max_header_size
+    return protocol
 
 
 class DrainingHttp(asyncio.Protocol):
@@ -75,10 +92,15 @@ class DrainingHttp(asyncio.Protocol):
     timeout_keep_alive: int  # uvicorn's annotation; a float works as well
     timeout_keep_alive_task: asyncio.TimerHandle | None
     server_state: ServerState
+    read_timeout: float | None = None
+    max_header_size = 16384
     _seen_data = False
+    _deadline: HeadDeadline
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._deadline = HeadDeadline(self.loop, self.read_timeout, self._head_expired)
+        self._deadline.start()  # a new connection owes its first head within the time
         state = self.server_state
         if isinstance(state, DrainState) and state.flag.started:
             self.start_drain()  # accepted in the last batch before the listener closed
@@ -86,6 +108,36 @@ class DrainingHttp(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._seen_data = True
         super().data_received(data)
+        if self.transport.is_closing() or not self._head_pending():
+            self._deadline.stop()
+        else:
+            self._deadline.start()  # a head began and is not complete yet
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.stop()
+        super().connection_lost(exc)
+
+    def _head_pending(self) -> bool:
+        """True while part of a request head was received but not all of it."""
+        raise NotImplementedError
+
+    def _head_expired(self, received: int) -> None:
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return  # closed, or handed to a WebSocket protocol
+        if self._seen_data and not self._head_pending():
+            return  # the head completed meanwhile
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._deadline.restart_later()  # never write into a response being sent
+            return
+        if self._seen_data:
+            self.transport.write(error_response(408))
+        self.transport.close()
+
+    def refuse_head(self, status: int) -> None:
+        """Answer ``status`` (408, 431) in place of a request, and close."""
+        self._deadline.stop()
+        self.transport.write(error_response(status))
+        self.transport.close()
 
     def start_drain(self) -> None:
         """Give a connection never written to the keep-alive expiry of an idle one.
@@ -111,6 +163,61 @@ class DrainingHttp(asyncio.Protocol):
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
+
+
+class H11Heads(DrainingHttp):
+    """Where a head stands with h11: its bytes wait in h11's buffer, which h11
+    itself caps at ``h11_max_incomplete_event_size`` (400 beyond)."""
+
+    conn: Any
+
+    def _head_pending(self) -> bool:
+        import h11
+
+        return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+
+
+class HttpToolsHeads(DrainingHttp):
+    """Where a head stands with httptools, from its callbacks, and its size:
+    httptools keeps a header being received in memory without any limit."""
+
+    _in_head = False  # between on_message_begin and on_headers_complete
+    _begun = 0  # messages begun on this connection
+    _counted = 0  # bytes of the current head's URL and complete headers
+    _head_bytes = 0  # bytes received since the current head began, when known
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()  # type: ignore[misc]
+        self._in_head = True
+        self._begun += 1
+        self._counted = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)  # type: ignore[misc]
+        self._counted += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)  # type: ignore[misc]
+        self._counted += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def _head_pending(self) -> bool:
+        return self._in_head
+
+    def data_received(self, data: bytes) -> None:
+        begun, pending = self._begun, self._in_head
+        super().data_received(data)
+        if not self._in_head or self.transport.is_closing():
+            return
+        if pending and begun == self._begun:
+            self._head_bytes += len(data)  # the whole read belongs to this head
+        else:
+            self._head_bytes = self._counted  # it began in this read: what is known of it
+        if max(self._head_bytes, self._counted) > self.max_header_size:
+            self.refuse_head(431)
 
 
 class WatchedSet(set[_T]):

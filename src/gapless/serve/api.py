@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -42,6 +43,7 @@ from ..integrations.common import ServeOptions
 from ..sockets.addresses import parse_bind
 from ..systemd.listen_fds import consume_listen_fds
 from .cli import DEFAULT_BIND, DRAIN_MARGIN, inherited
+from .options import check_honoured
 
 __all__ = ["serve"]
 
@@ -85,13 +87,17 @@ def serve(
         generation, 3 when the application or a hook could not start.
 
     Raises:
+        OptionIgnoredError: an option of ``options`` that ``server`` would ignore.
         GaplessError: the manager could not start (a bind, the control socket).
     """
     options = options or ServeOptions()
     binds = [bind] if isinstance(bind, str) else list(bind)
+    # With interface "auto", each generation checks again once it loaded the application.
+    check_honoured({**dataclasses.asdict(options), "server": server}, interface, server)
     if inherited():
         return _generation(app, interface, server, workers, options, hooks, apps or {})
-    from ..run.manager import Manager, ManagerConfig, ReadyMode
+    from ..run.config import ManagerConfig, ReadyMode
+    from ..run.launch import start
 
     config = ManagerConfig(
         command=[sys.executable, *sys.orig_argv[1:]],
@@ -102,7 +108,7 @@ def serve(
         drain_timeout=options.drain_timeout + DRAIN_MARGIN,
         stop_signal=signal.SIGTERM,
     )
-    return Manager(config).run()
+    return start(config)
 
 
 def _generation(

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -39,6 +40,7 @@ from ..hooks import Hooks
 from ..integrations.common import DrainReport, ServeOptions
 from ..sockets.listeners import listener_address
 from ..systemd.notify import notify, ready
+from .options import STACKS, check_honoured, stack_of
 
 __all__ = ["SERVE_HOOKS", "detect_interface", "load_app", "load_hooks", "serve"]
 
@@ -153,11 +155,14 @@ def serve(
 
     Raises:
         ServeError: the interface or a server package is missing.
+        OptionIgnoredError: an option is set that this server would ignore.
     """
+    check_honoured({**dataclasses.asdict(options), "server": server}, interface, server)
     names = ", ".join(str(listener_address(sock)) for sock in sockets)
 
     def on_ready() -> None:
-        logger.info("serving %s on %s with %s, pid %d", interface, names, server, os.getpid())
+        stack = STACKS[stack_of(interface, server)]
+        logger.info("serving %s on %s with %s, pid %d", interface, names, stack, os.getpid())
         try:
             ready(status=f"serving on {names}")
         except NotifyError as exc:

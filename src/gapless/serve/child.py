@@ -21,7 +21,9 @@ connections the deadline cut. With ``--workers N`` it forks N workers that
 share the sockets (:mod:`gapless.serve.prefork`) and is ready when all of them are.
 
 Exit codes: 0 after the drain (a cut is logged, not an error); 2 a bad command
-line; 3 the application or a hook could not be loaded or started.
+line, or an option the server would ignore (e.g. ``--http`` with hypercorn;
+with ``--interface auto`` this is known once the application is loaded); 3 the
+application or a hook could not be loaded or started.
 
 Example::
 
@@ -37,16 +39,16 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
 
-from ..errors import GaplessError, ServeError
+from ..cli_args import EXIT_USAGE, Parser
+from ..errors import GaplessError, OptionIgnoredError, ServeError
 from ..hooks import Hooks
 from ..integrations.common import ServeOptions
 from ..sockets.addresses import parse_bind
 from ..sockets.listeners import open_listener
 from ..systemd.listen_fds import consume_listen_fds
 from .apps import detect_interface, load_app, load_hooks, serve
-from .options import add_child_options, options_from_args
+from .options import add_child_options, check_honoured, options_from_args
 
 __all__ = [
     "EXIT_STARTUP",
@@ -62,18 +64,12 @@ __all__ = [
 
 logger = logging.getLogger("gapless.serve")
 
-EXIT_USAGE = 2
 EXIT_STARTUP = 3  # uvicorn's STARTUP_FAILURE too, so a manager sees one code
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The runner's command line."""
-    parser = _Parser(
+    parser = Parser(
         prog="python -m gapless.serve.child",
         description="Serve a Python web application on inherited sockets; drain on SIGTERM.",
     )
@@ -212,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gapless serve: error: give --certfile and --keyfile together", file=sys.stderr)
         return EXIT_USAGE
     try:
+        # With --interface auto, serve() checks again once it knows the interface.
+        check_honoured(vars(args), args.interface, args.server)
         _check_readable(certfile=args.certfile, keyfile=args.keyfile)
         sockets = take_sockets(args.bind)
         generation = Generation(
@@ -224,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             apps=_apps(args.app_by_name),
         )
         return run_generation(generation, sockets)
+    except OptionIgnoredError as exc:
+        print(f"gapless serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except GaplessError as exc:
         print(f"gapless serve: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP

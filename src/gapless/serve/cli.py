@@ -32,15 +32,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ..cli_args import EXIT_USAGE
 from ..errors import GaplessError, ServeError
-from ..run.eventlog import LOG_FORMATS
-from ..sockets.addresses import Bind, parse_bind
-from .options import add_child_options, child_argv, seconds
+from ..sockets.addresses import parse_bind
+from .options import add_serve_options, check_honoured, child_argv
 
 __all__ = ["DEFAULT_BIND", "DRAIN_MARGIN", "add_parser", "child_command", "inherited", "run"]
 
 DEFAULT_BIND = "127.0.0.1:8000"  # uvicorn's default
-EXIT_USAGE = 2
 #: Seconds the manager adds to ``--drain-timeout`` before it kills a draining
 #: generation: the generation cuts what remains itself at its deadline, then
 #: runs the application's shutdown (lifespan, on_cleanup) and its hooks.
@@ -65,18 +64,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_child_options(serve, standalone=False)
-    serve.add_argument(
-        "--bind", action="append", default=[], type=_bind, metavar="[NAME=]ADDRESS",
-        help=f"HOST:PORT, [V6]:PORT, unix:PATH or fd://N; repeatable (default {DEFAULT_BIND})",
-    )  # fmt: skip
-    serve.add_argument("--control", metavar="PATH", help="the control socket (as gapless run)")
-    serve.add_argument("--pid-file", metavar="PATH", help="write the manager's (stable) PID here")
-    serve.add_argument(
-        "--ready-timeout", type=seconds, default=60.0, metavar="S",
-        help="kill a generation not ready by then (default 60)",
-    )  # fmt: skip
-    serve.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="default text")
+    add_serve_options(serve)
     return serve  # type: ignore[no-any-return]
 
 
@@ -97,9 +85,9 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
     Raises:
         GaplessError: a bad setting (one line), a socket that cannot be opened.
     """
-    if (args.certfile is None) != (args.keyfile is None):
-        message = "give --certfile and --keyfile together; see gapless serve --help"
-        print(f"gapless serve: error: {message}", file=sys.stderr)
+    misuse = _misuse(args)
+    if misuse is not None:
+        print(f"gapless serve: error: {misuse}; see gapless serve --help", file=sys.stderr)
         return EXIT_USAGE
     if inherited():
         if args.bind:
@@ -107,40 +95,40 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
         from .child import main as serve_child
 
         return serve_child(child_argv(args))
-    names = {bind.name for bind in args.bind}
-    for text in args.app_by_name:
-        name = text.partition("=")[0]
-        if name not in names:
-            message = f"--app {text!r} names no socket: add --bind {name}=ADDRESS"
-            print(f"gapless serve: error: {message}; see gapless serve --help", file=sys.stderr)
-            return EXIT_USAGE
     for option in ("certfile", "keyfile"):
         path = getattr(args, option)
         if path is not None and not os.access(path, os.R_OK):
             raise ServeError(f"cannot read --{option} {path!r}: check the path and permissions")
-    from ..run.manager import Manager, ManagerConfig, ReadyMode
+    from ..run.config import ManagerConfig, ReadyMode
+    from ..run.launch import start
 
-    config = ManagerConfig(
-        command=child_command(args),
-        binds=args.bind or [parse_bind(DEFAULT_BIND)],
-        control_path=args.control,
-        pid_file=args.pid_file,
-        ready=ReadyMode.parse("notify"),  # READY=1 after the startup: never accept alone
-        ready_timeout=args.ready_timeout,
-        drain_timeout=args.drain_timeout + DRAIN_MARGIN,
-        stop_signal=signal.SIGTERM,
-        log_format=args.log_format,
-        **(restarts or {}),
+    return start(
+        ManagerConfig(
+            command=child_command(args),
+            binds=args.bind or [parse_bind(DEFAULT_BIND)],
+            control_path=args.control,
+            pid_file=args.pid_file,
+            ready=ReadyMode.parse("notify"),  # READY=1 after the startup: never accept alone
+            ready_timeout=args.ready_timeout,
+            drain_timeout=args.drain_timeout + DRAIN_MARGIN,
+            stop_signal=signal.SIGTERM,
+            log_format=args.log_format,
+            **(restarts or {}),
+        )
     )
-    if config.handoff_path is not None:
-        from ..run.front import run_front
-
-        return run_front(config)
-    return Manager(config).run()
 
 
-def _bind(text: str) -> Bind:
-    try:
-        return parse_bind(text)
+def _misuse(args: argparse.Namespace) -> str | None:
+    """What is wrong with options each fine alone, or None."""
+    if (args.certfile is None) != (args.keyfile is None):
+        return "give --certfile and --keyfile together"
+    names = {bind.name for bind in args.bind}
+    for text in [] if inherited() else args.app_by_name:  # inherited: the child checks
+        name = text.partition("=")[0]
+        if name not in names:
+            return f"--app {text!r} names no socket: add --bind {name}=ADDRESS"
+    try:  # with --interface auto, the generation checks again once it loaded APP
+        check_honoured(vars(args), args.interface, args.server)
     except GaplessError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        return str(exc)
+    return None

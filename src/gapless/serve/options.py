@@ -1,10 +1,13 @@
-"""The options of one ``gapless serve`` generation, declared once.
+"""The options of ``gapless serve``, declared once.
 
-``gapless serve`` (the manager) and ``python -m gapless.serve.child`` (one
-generation) take the same options: the manager parses them with the parser
-built here, so a mistake is reported before anything starts, and hands them on
-to each generation with :func:`child_argv`, which writes back every option
-that differs from its default.
+:data:`OPTIONS` is the one table: each option's flag, type, default, help,
+who reads it (the manager, or each generation too) and which servers honour
+it. From it come the parser of ``gapless serve`` (:func:`add_serve_options`),
+the parser of one generation, ``python -m gapless.serve.child``
+(:func:`add_child_options`), the command line the manager hands each
+generation (:func:`child_argv`), the refusal of an option the chosen server
+would ignore (:func:`check_honoured`) and the option table of docs/serve.md
+(:func:`markdown_table`; ``python -m gapless.serve.options`` prints it).
 
 Example::
 
@@ -18,22 +21,51 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+from ..cli_args import RESTART_GROUP, RESTART_OPTIONS, Option, bind
+from ..errors import OptionIgnoredError
 from ..integrations.common import ServeOptions
+from ..run.eventlog import LOG_FORMATS
 
 __all__ = [
     "INTERFACES",
+    "OPTIONS",
     "SERVERS",
+    "STACKS",
     "add_child_options",
+    "add_serve_options",
+    "check_honoured",
     "child_argv",
+    "markdown_table",
     "named_app",
     "options_from_args",
     "positive",
     "seconds",
+    "stack_of",
 ]
 
 INTERFACES = ("auto", "asgi", "wsgi", "aiohttp")
 SERVERS = ("uvicorn", "hypercorn")
+#: What serves in the end, by ``stack_of(interface, server)``, and its name in messages.
+STACKS = {
+    "uvicorn": "uvicorn",
+    "hypercorn": "hypercorn",
+    "aiohttp": "aiohttp",
+    "wsgi-uvicorn": "WSGI on uvicorn",
+    "wsgi-hypercorn": "WSGI on hypercorn",
+}
+_UVICORN = ("uvicorn", "wsgi-uvicorn")
+_WSGI = ("wsgi-uvicorn", "wsgi-hypercorn")
+_WEBSOCKETS = ("uvicorn", "hypercorn", "aiohttp")
+_NOT_AIOHTTP = ("uvicorn", "hypercorn", *_WSGI)
+
+#: Scopes: read by each generation (and handed to it), by a generation started
+#: alone (its own --bind), or by the manager only.
+CHILD, ALONE, MANAGER = "child", "alone", "manager"
 
 
 def seconds(text: str) -> float:
@@ -65,89 +97,192 @@ def named_app(text: str) -> str:
     return text
 
 
+def _child(flag: str, help: str, **fields: Any) -> Option:
+    return Option(flag, help, scope=CHILD, **fields)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _child(
+        "--interface", "how APP is served; detected by default",
+        default="auto", choices=INTERFACES,
+    ),
+    _child(
+        "--server", "for ASGI and WSGI (default uvicorn)",
+        default="uvicorn", choices=SERVERS, servers=_NOT_AIOHTTP,
+    ),
+    _child("--factory", "APP is a factory to call for the application", default=False, kind="true"),
+    _child("--workers", "processes sharing the sockets", default=1, type=positive, metavar="N"),
+    _child("--hooks", "a module with before_upgrade, on_ready... functions", metavar="MODULE"),
+    _child(
+        "--app", "serve another app on the sockets named NAME; repeatable",
+        kind="append", dest="app_by_name", type=named_app, metavar="NAME=MODULE:APP",
+    ),
+    _child(
+        "--drain-timeout", "cut what remains this long after the stop signal (default 30)",
+        default=30.0, type=seconds, metavar="S",
+    ),
+    _child("--keep-alive", "idle keep-alive (default 5)", default=5.0, type=seconds, metavar="S"),
+    _child(
+        "--read-timeout", "cut a request head not whole S after it began: 408 (default none)",
+        type=seconds, metavar="S",
+    ),
+    _child(
+        "--max-header-size", "refuse a request head above this: 431 (default 16384)",
+        default=16384, type=positive, metavar="BYTES",
+    ),
+    _child(
+        "--http", "uvicorn's parser (default auto: httptools if installed)",
+        default="auto", choices=("auto", "h11", "httptools"), servers=_UVICORN,
+    ),
+    _child(
+        "--limit-concurrency", "503 beyond N connections or requests",
+        type=positive, metavar="N", servers=_UVICORN,
+    ),
+    _child(
+        "--threads", "worker threads of a WSGI application (default 10)",
+        default=10, type=positive, metavar="N", servers=_WSGI,
+    ),
+    _child(
+        "--ws-grace", "WebSocket close grace in a drain (default 1)",
+        default=1.0, type=seconds, metavar="S", servers=_WEBSOCKETS,
+    ),
+    _child("--certfile", "serve TLS with this certificate", metavar="FILE"),
+    _child("--keyfile", "the certificate's private key", metavar="FILE"),
+    Option(
+        "--bind", "without LISTEN_FDS: open this socket", kind="append", metavar="ADDRESS",
+        scope=ALONE,
+    ),
+    _child(
+        "--no-access-log", "no line per request", default=True, kind="false", dest="access_log"
+    ),
+    _child(
+        "--log-level", "the generation's log level (default info)",
+        default="info", choices=("critical", "error", "warning", "info", "debug"),
+    ),
+    Option(
+        "--bind", "HOST:PORT, [V6]:PORT, unix:PATH or fd://N; repeatable (default 127.0.0.1:8000)",
+        kind="append", type=bind, metavar="[NAME=]ADDRESS", scope=MANAGER,
+    ),
+    Option("--control", "the control socket (as gapless run)", metavar="PATH", scope=MANAGER),
+    Option("--pid-file", "write the manager's (stable) PID here", metavar="PATH", scope=MANAGER),
+    Option(
+        "--ready-timeout", "kill a generation not ready by then (default 60)",
+        default=60.0, type=seconds, metavar="S", scope=MANAGER,
+    ),
+    Option(
+        "--log-format", "the manager's log format (default text)",
+        default="text", choices=LOG_FORMATS, scope=MANAGER,
+    ),
+    *(dataclasses.replace(option, scope=MANAGER) for option in RESTART_OPTIONS),
+)  # fmt: skip
+
+
 def add_child_options(parser: argparse.ArgumentParser, *, standalone: bool = True) -> None:
-    """Add the application and its serving options to ``parser``.
+    """Add the application and the options of one generation to ``parser``.
 
     Args:
         parser: the parser of ``gapless serve`` or of ``gapless.serve.child``.
         standalone: add the child's own ``--bind``, for a child started alone
             (``gapless serve`` has its manager's ``--bind`` instead).
     """
-    add = parser.add_argument
-    add("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
-    add("--interface", choices=INTERFACES, default="auto", help="default: detected from APP")
-    add("--server", choices=SERVERS, default="uvicorn", help="for ASGI (default uvicorn)")
-    add("--factory", action="store_true", help="APP is a factory to call for the application")
-    add("--workers", type=positive, default=1, metavar="N", help="processes sharing the sockets")
-    add("--hooks", metavar="MODULE", help="a module with before_upgrade, on_ready... functions")
-    add(
-        "--app", dest="app_by_name", action="append", default=[], type=named_app,
-        metavar="NAME=MODULE:APP", help="serve another app on the sockets named NAME; repeatable",
-    )  # fmt: skip
-    add(
-        "--drain-timeout", type=seconds, default=30.0, metavar="S",
-        help="cut what remains this long after the stop signal (default 30)",
-    )  # fmt: skip
-    add("--keep-alive", type=seconds, default=5.0, metavar="S", help="idle keep-alive (default 5)")
-    add(
-        "--read-timeout", type=seconds, default=None, metavar="S",
-        help="close a connection silent this long mid-request (hypercorn, aiohttp)",
-    )  # fmt: skip
-    add(
-        "--max-header-size", type=positive, default=16384, metavar="BYTES",
-        help="refuse a request head larger than this (default 16384; not httptools)",
-    )  # fmt: skip
-    add("--http", choices=("auto", "h11", "httptools"), default="auto", help="uvicorn's parser")
-    add("--limit-concurrency", type=positive, default=None, metavar="N", help="503 beyond N")
-    add("--threads", type=positive, default=10, metavar="N", help="WSGI worker threads")
-    add("--ws-grace", type=seconds, default=1.0, metavar="S", help="WebSocket close grace")
-    add("--certfile", default=None, metavar="FILE", help="serve TLS with this certificate")
-    add("--keyfile", default=None, metavar="FILE", help="the certificate's private key")
-    if standalone:
-        add("--bind", action="append", default=[], metavar="ADDRESS", help="without LISTEN_FDS")
-    add("--no-access-log", dest="access_log", action="store_false", help="no line per request")
-    add("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
+    parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
+    scopes = (CHILD, ALONE) if standalone else (CHILD,)
+    for option in OPTIONS:
+        if option.scope in scopes:
+            option.add_to(parser)
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add every option of ``gapless serve`` to ``parser``: a generation's and the
+    manager's, the restart ones in a group of their own."""
+    add_child_options(parser, standalone=False)
+    restarts = parser.add_argument_group(RESTART_GROUP)
+    restart_flags = {option.flag for option in RESTART_OPTIONS}
+    for option in OPTIONS:
+        if option.scope == MANAGER:
+            option.add_to(restarts if option.flag in restart_flags else parser)
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
     """The command line arguments that give a child the same options as ``args``.
 
-    Args:
-        args: parsed by a parser with :func:`add_child_options`; only the options
-            declared there are written back, not the child's own ``--bind``.
-
     Returns:
-        ``MODULE:APP`` followed by every option that differs from its default.
+        ``MODULE:APP`` followed by every generation's option that differs from
+        its default (the manager's own, such as ``--bind``, are not written).
     """
-    probe = argparse.ArgumentParser(add_help=False)
-    add_child_options(probe, standalone=False)  # a child under a manager has no --bind
-    argv: list[str] = []
-    for action in probe._actions:
-        value = getattr(args, action.dest)
-        if not action.option_strings:
-            argv.insert(0, str(value))
-        elif isinstance(action, argparse._AppendAction):
-            for item in value:
-                argv += [action.option_strings[0], str(item)]
-        elif value != action.default:
-            flag = action.option_strings[0]
-            argv += [flag] if action.nargs == 0 else [flag, str(value)]
+    argv = [str(args.app)]
+    for option in OPTIONS:
+        if option.scope == CHILD:
+            argv += option.argv(getattr(args, option.name))
     return argv
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     """The :class:`ServeOptions` of a parsed command line."""
-    return ServeOptions(
-        drain_timeout=args.drain_timeout,
-        keep_alive=args.keep_alive,
-        read_timeout=args.read_timeout,
-        max_header_size=args.max_header_size,
-        http=args.http,
-        limit_concurrency=args.limit_concurrency,
-        threads=args.threads,
-        access_log=args.access_log,
-        log_level=args.log_level,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
-        ws_grace=args.ws_grace,
-    )
+    fields = dataclasses.fields(ServeOptions)
+    return ServeOptions(**{field.name: getattr(args, field.name) for field in fields})
+
+
+def stack_of(interface: str, server: str) -> str:
+    """What serves an application of ``interface`` with ``server``: a key of :data:`STACKS`."""
+    if interface == "aiohttp":
+        return "aiohttp"
+    return f"wsgi-{server}" if interface == "wsgi" else server
+
+
+def check_honoured(values: Mapping[str, Any], interface: str, server: str) -> None:
+    """Refuse an option given (not at its default) that the server would ignore.
+
+    Args:
+        values: option values by name, e.g. ``vars(args)`` or a ServeOptions as a dict.
+        interface: ``asgi``, ``wsgi``, ``aiohttp``, or ``auto`` (not known yet: only
+            an option that every interface would ignore with ``server`` is refused).
+        server: ``uvicorn`` or ``hypercorn``.
+
+    Raises:
+        OptionIgnoredError: naming the first such option and the server.
+    """
+    interfaces = INTERFACES[1:] if interface == "auto" else (interface,)
+    stacks = {stack_of(each, server) for each in interfaces}
+    for option in OPTIONS:
+        if option.scope != CHILD or not option.servers or stacks & set(option.servers):
+            continue
+        if option.name in values and option.argv(values[option.name]):
+            where = STACKS[stacks.pop()] if len(stacks) == 1 else server
+            honoured = ", ".join(STACKS[name] for name in option.servers)
+            raise OptionIgnoredError(
+                f"{option.flag} is ignored by {where}: drop it (it applies to {honoured})"
+            )
+
+
+def markdown_table() -> str:
+    """The option table of docs/serve.md."""
+    rows = [
+        "| option | default | honoured by | what it does |",
+        "|---|---|---|---|",
+        "| `MODULE:APP` | | all | the application, e.g. `myapp:app` |",
+    ]
+    for option in _documented():
+        servers = ", ".join(STACKS[name] for name in option.servers) or "all"
+        text = _DEFAULT_NOTE.sub("", option.help).replace("|", "\\|")
+        rows.append(f"| `{_usage(option)}` | {option.shown_default} | {servers} | {text} |")
+    return "\n".join(rows)
+
+
+_DEFAULT_NOTE = re.compile(r" \(default [^)]*\)$")  # the table has a column for it
+
+
+def _documented() -> Iterator[Option]:
+    return (option for option in OPTIONS if option.scope in (CHILD, MANAGER))
+
+
+def _usage(option: Option) -> str:
+    if option.kind in ("true", "false"):
+        return option.flag
+    value = "|".join(option.choices) if option.choices else option.metavar or "VALUE"
+    value = value.replace("|", "\\|")
+    return f"{option.flag} [{value}]" if option.kind == "optional" else f"{option.flag} {value}"
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,214 @@
+"""What every ``gapless`` command line shares, said once: the exit code and the
+one-line message of a misuse, the argparse types, and :class:`Option`, the
+declaration of an option from which a parser, a command line and a doc table
+are all made.
+
+It sits below ``gapless.cli`` and ``gapless.serve`` (it imports neither), so
+both take their pieces from here.
+
+Example::
+
+    parser = Parser(prog="gapless serve")
+    KEEP = Option("--keep-alive", "idle keep-alive (default 5)", default=5.0, type=seconds)
+    KEEP.add_to(parser)
+    KEEP.argv(10.0)        # ['--keep-alive', '10.0']
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from .errors import GaplessError
+from .sockets.addresses import Bind, parse_bind
+
+__all__ = [
+    "EXIT_USAGE",
+    "RESTART_GROUP",
+    "RESTART_OPTIONS",
+    "Option",
+    "Parser",
+    "bind",
+    "delay",
+    "nonempty_path",
+    "positive_seconds",
+    "usage_error",
+]
+
+#: The exit code of a misuse of the command line.
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line: ``PROG: error: ...; see PROG --help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """Exit with :data:`EXIT_USAGE` and the one-line message of a misuse."""
+    print(f"{prog}: error: {message}; see {prog} --help", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def bind(text: str) -> Bind:
+    """argparse type: ``[NAME=]ADDRESS``, parsed once into a :class:`Bind`."""
+    try:
+        return parse_bind(text)
+    except GaplessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def delay(text: str) -> float:
+    """argparse type: a number of seconds from 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def nonempty_path(text: str) -> str:
+    """argparse type: a path, which may not be empty."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path; give the path of a file")
+    return text
+
+
+#: Option kinds: a value, a repeatable value, a flag that sets True, one that sets False,
+#: a value that may be left out (``--handoff`` or ``--handoff=PATH``).
+KINDS = ("value", "append", "true", "false", "optional")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a command: everything its parser, its command line and its
+    documentation need.
+
+    Attributes:
+        flag: ``--keep-alive``.
+        help: one line for ``--help`` and the doc table.
+        default: the value when the option is not given.
+        type: the argparse type (a function of the text).
+        metavar: its argument in ``--help``.
+        choices: the values allowed, if a closed set.
+        kind: one of :data:`KINDS`.
+        dest: the attribute name, when not the flag's.
+        const: the value of an ``optional`` option given without one.
+        servers: the servers honouring it (see :mod:`gapless.serve.options`);
+            empty for every one.
+        scope: who reads it; free for the commands to define (``child``...).
+    """
+
+    flag: str
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    kind: str = "value"
+    dest: str | None = None
+    const: Any = None
+    servers: Collection[str] = ()
+    scope: str = ""
+
+    @property
+    def name(self) -> str:
+        """The attribute of the parsed arguments, e.g. ``keep_alive``."""
+        return self.dest or self.flag.lstrip("-").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser | Any) -> None:
+        """Add it to ``parser`` (an ``ArgumentParser`` or an argument group)."""
+        extra: dict[str, Any] = {"dest": self.name, "help": self.help}
+        if self.kind in ("true", "false"):
+            action = "store_true" if self.kind == "true" else "store_false"
+            parser.add_argument(self.flag, action=action, **extra)
+            return
+        if self.kind == "append":
+            extra.update(action="append", default=[])
+        else:
+            extra["default"] = self.default
+        if self.kind == "optional":
+            extra.update(nargs="?", const=self.const)
+        if self.choices is not None:
+            extra["choices"] = self.choices
+        if self.metavar is not None:
+            extra["metavar"] = self.metavar
+        if self.type is not None:
+            extra["type"] = self.type
+        parser.add_argument(self.flag, **extra)
+
+    def argv(self, value: Any) -> list[str]:
+        """The arguments that give it ``value``; none for its default."""
+        if self.kind == "append":
+            return [part for item in value for part in (self.flag, str(item))]
+        if value == self.default:
+            return []
+        if self.kind in ("true", "false"):
+            return [self.flag]
+        if self.kind == "optional" and value == self.const:
+            return [self.flag]
+        return [self.flag, str(value)]
+
+    @property
+    def shown_default(self) -> str:
+        """The default as the doc table shows it."""
+        if self.kind in ("true", "false"):
+            return "off"  # the flag is not given
+        if self.kind == "append" or self.default is None:
+            return "none"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+
+RESTART_GROUP = "restarts by a supervisor, systemd or Kubernetes (docs/deploy.md)"
+#: The options of ``gapless run`` and ``gapless serve`` for restarts of the manager.
+RESTART_OPTIONS = (
+    Option(
+        "--handoff",
+        "on TERM, exit at once but keep serving, detached, until the next instance "
+        "(started with the same --handoff) takes the sockets over PATH (default: beside "
+        "the control socket); gapless stop still stops",
+        kind="optional",
+        const="",
+        metavar="PATH",
+    ),
+    Option(
+        "--handoff-timeout",
+        "drain and exit if no instance took over by then (default 10)",
+        default=10.0,
+        type=positive_seconds,
+        metavar="SECONDS",
+    ),
+    Option(
+        "--shutdown-delay",
+        "after the first TERM or INT keep accepting this long, the health endpoint "
+        "saying draining, then drain (default 0)",
+        default=0.0,
+        type=delay,
+        metavar="SECONDS",
+    ),
+    Option(
+        "--health-bind",
+        "answer HTTP GET here: 200 serving, 503 starting or draining",
+        type=bind,
+        metavar="ADDRESS",
+    ),
+)
