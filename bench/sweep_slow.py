@@ -1,6 +1,6 @@
 """Sweep: slow requests in flight across a reload, through ``gapless serve``'s child.
 
-For each count N, generation 1 (``python -m gapless.serve.child``, uvicorn inside,
+For each count N, generation 1 (``python -m gapless.serving.child``, uvicorn inside,
 tests/apps/serve_app.py) holds N requests to ``/stream?ms=M``: each has its
 response headers, its body is M ms away. Then generation 2 starts on the same
 socket, says READY=1, and generation 1 gets SIGTERM, as ``gapless run`` does

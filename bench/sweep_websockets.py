@@ -1,7 +1,7 @@
 """Sweep: open WebSockets across a reload, through ``gapless serve``'s child.
 
 For each count N, N clients (wsproto, as tests/serve_harness.py) open a WebSocket
-to generation 1 (``python -m gapless.serve.child``, uvicorn inside,
+to generation 1 (``python -m gapless.serving.child``, uvicorn inside,
 tests/apps/serve_app.py) and get its ``hello``. Then generation 2 starts on the
 same socket, says READY=1, and generation 1 gets SIGTERM, as ``gapless run``
 does. Every client should be told ``restarting`` and then closed with 1012

@@ -44,7 +44,7 @@ TIMEOUT = 20.0
 
 def runner_argv(app: str, *options: str) -> list[str]:
     """The gapless serve child for ``app`` (a module in tests/apps)."""
-    return [sys.executable, "-m", "gapless.serve.child", app, "--no-access-log", *options]
+    return [sys.executable, "-m", "gapless.serving.child", app, "--no-access-log", *options]
 
 
 class Handover:

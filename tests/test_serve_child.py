@@ -12,7 +12,7 @@ from serve_harness import APPS, Handover, runner_argv
 
 from gapless.errors import ServeError
 from gapless.integrations.common import listen_backlog
-from gapless.serve.child import detect_interface, load_app
+from gapless.serving.child import detect_interface, load_app
 
 
 def test_load_app_finds_a_dotted_attribute() -> None:
@@ -58,7 +58,7 @@ def test_a_non_callable_app_is_refused() -> None:
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "gapless.serve.child", *args]
+    argv = [sys.executable, "-m", "gapless.serving.child", *args]
     return subprocess.run(argv, cwd=APPS, capture_output=True, text=True, timeout=30, env=env)
 
 

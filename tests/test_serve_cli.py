@@ -1,5 +1,5 @@
 """``gapless serve`` end to end: the manager, its generations of
-``gapless.serve.child``, reloads through ``gapless reload`` under load, workers,
+``gapless.serving.child``, reloads through ``gapless reload`` under load, workers,
 hooks, running as one generation under ``gapless run``, and its misuse errors."""
 
 from __future__ import annotations

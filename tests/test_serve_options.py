@@ -1,4 +1,4 @@
-"""The options of ``gapless serve``, declared once in gapless.serve.options: the
+"""The options of ``gapless serve``, declared once in gapless.serving.options: the
 doc table and the child's command line come from that declaration, and an
 option the chosen server would ignore is refused (exit 2, one line)."""
 
@@ -18,12 +18,11 @@ import pytest
 from manager_harness import TIMEOUT, gapless_argv
 from serve_harness import APPS, Handover, probe
 
-import gapless
 from gapless.cli import build_parser
 from gapless.errors import OptionIgnoredError
 from gapless.integrations.common import ServeOptions
-from gapless.serve.child import build_parser as child_parser
-from gapless.serve.options import (
+from gapless.serving.child import build_parser as child_parser
+from gapless.serving.options import (
     CHILD,
     OPTIONS,
     STACKS,
@@ -41,7 +40,7 @@ def test_the_doc_table_is_the_declaration() -> None:
     found = re.search(r"<!-- options: begin -->\n(.*?)<!-- options: end -->", text, re.S)
     assert found, "docs/serve.md lost its options markers"
     assert found.group(1).strip() == markdown_table(), (
-        "docs/serve.md is out of date: paste the output of python -m gapless.serve.options"
+        "docs/serve.md is out of date: paste the output of python -m gapless.serving.options"
     )
 
 
@@ -124,7 +123,7 @@ def test_an_ignored_option_is_exit_2_and_one_line(
 
 
 def test_a_generation_refuses_an_option_its_detected_server_ignores() -> None:
-    argv = [sys.executable, "-m", "gapless.serve.child", "serve_aiohttp_app:app"]
+    argv = [sys.executable, "-m", "gapless.serving.child", "serve_aiohttp_app:app"]
     argv += ["--bind", "127.0.0.1:0", "--http", "h11", "--no-access-log"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=15, cwd=APPS)
     assert result.returncode == 2, result.stderr
@@ -146,7 +145,9 @@ def test_gapless_serve_reports_the_option_a_detected_server_ignores(tmp_path: Pa
 
 
 def test_gapless_serve_from_python_refuses_an_ignored_option() -> None:
-    assert callable(gapless.serve)  # also once the package gapless.serve is imported
+    import gapless.serving.child  # binds gapless.serving, not gapless.serve
+
+    assert callable(gapless.serve)
     with pytest.raises(OptionIgnoredError, match=r"^--http is ignored by hypercorn"):
         gapless.serve("a:b", server="hypercorn", interface="asgi", options=ServeOptions(http="h11"))
 
@@ -159,7 +160,7 @@ def test_no_option_is_turned_back_into_argv_through_argparse_internals() -> None
 
 
 def test_aiohttp_honours_the_access_log_and_log_level() -> None:
-    argv = [sys.executable, "-m", "gapless.serve.child", "serve_aiohttp_app:app"]
+    argv = [sys.executable, "-m", "gapless.serving.child", "serve_aiohttp_app:app"]
     with Handover(argv) as handover:
         handover.capture_stderr = True
         child = handover.start()

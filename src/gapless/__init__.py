@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from .integrations.asyncio_server import AsyncioLife, serve_asyncio
     from .integrations.common import ServeOptions
     from .library.upgrader import DEFAULT_SIGNALS, Upgrader
-    from .serve.api import serve
+    from .serving.api import serve
     from .sockets.addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
     from .sockets.listeners import adopt_listener, open_listener
     from .systemd.listen_fds import consume_listen_fds, listen_env
@@ -89,7 +89,7 @@ _LAZY = {
     "ServeOptions": "integrations.common",
     "adopt_listener": "sockets.listeners",
     "open_listener": "sockets.listeners",
-    "serve": "serve.api",
+    "serve": "serving.api",
     "DEFAULT_SIGNALS": "library.upgrader",
     "Upgrader": "library.upgrader",
 }

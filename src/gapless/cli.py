@@ -40,7 +40,7 @@ from .cli_args import (
 )
 from .errors import GaplessError
 from .run.eventlog import LOG_FORMATS
-from .serve import cli as serve_cli
+from .serving import cli as serve_cli
 
 _RUN_HELP = """\
 Run COMMAND as generations on sockets the manager keeps: each generation gets them

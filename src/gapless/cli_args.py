@@ -3,7 +3,7 @@ one-line message of a misuse, the argparse types, and :class:`Option`, the
 declaration of an option from which a parser, a command line and a doc table
 are all made.
 
-It sits below ``gapless.cli`` and ``gapless.serve`` (it imports neither), so
+It sits below ``gapless.cli`` and ``gapless.serving`` (it imports neither), so
 both take their pieces from here.
 
 Example::
@@ -113,7 +113,7 @@ class Option:
         kind: one of :data:`KINDS`.
         dest: the attribute name, when not the flag's.
         const: the value of an ``optional`` option given without one.
-        servers: the servers honouring it (see :mod:`gapless.serve.options`);
+        servers: the servers honouring it (see :mod:`gapless.serving.options`);
             empty for every one.
         scope: who reads it; free for the commands to define (``child``...).
     """

@@ -1,5 +1,5 @@
 """``python -m gapless.serve_child``: the documented entry of one generation of
-``gapless serve`` (see :mod:`gapless.serve.child`).
+``gapless serve`` (see :mod:`gapless.serving.child`).
 
 Kept at this path because command lines name it: ``gapless run -- python -m
 gapless.serve_child app:app`` in users' units, and the command a running manager
@@ -9,6 +9,6 @@ of an earlier version re-runs at its next reload after ``gapless upgrade``.
 import sys
 
 if __name__ == "__main__":
-    from .serve.child import main
+    from .serving.child import main
 
     sys.exit(main())

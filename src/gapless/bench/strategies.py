@@ -11,7 +11,7 @@ or run it under gapless; those whose server binds by itself are in
 ``run``        ``gapless run`` holds the socket; ``gapless reload`` (the default)
 ``run-notify`` the same with ``--ready notify`` (no /proc polling while starting)
 ``library``    the server adopts LISTEN_FDS and upgrades itself on USR2 (the demo)
-``serve``      ``gapless run`` with ``gapless.serve.child``: uvicorn, a lossless drain
+``serve``      ``gapless run`` with ``gapless.serving.child``: uvicorn, a lossless drain
 ``reuseport``  each generation gets its own SO_REUSEPORT socket, handed over as
                LISTEN_FDS; the new one starts beside the old, then the old goes
 =============  ================================================================
@@ -227,12 +227,12 @@ class ServeStrategy(RunStrategy):
     name = "serve"
     summary = "gapless serve: gapless run with a drain that loses nothing (uvicorn inside)"
     default_command = (
-        sys.executable, "-m", "gapless.serve.child", "gapless.bench.apps:asgi", "--no-access-log",
+        sys.executable, "-m", "gapless.serving.child", "gapless.bench.apps:asgi", "--no-access-log",
     )  # fmt: skip
 
     def start(self, address: TcpAddress) -> None:
-        if importlib.util.find_spec("gapless.serve.child") is None:
-            raise BenchError("strategy 'serve' needs gapless.serve.child, which is missing")
+        if importlib.util.find_spec("gapless.serving.child") is None:
+            raise BenchError("strategy 'serve' needs gapless.serving.child, which is missing")
         super().start(address)
 
 

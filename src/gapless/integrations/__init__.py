@@ -36,7 +36,7 @@ on uvicorn's drain), :mod:`.asyncio_server` (plain asyncio and ``websockets``
 servers: a helper, the drain is theirs). Each imports its server only when used:
 the core of gapless has no dependencies, ``pip install gapless[serve]`` brings
 uvicorn; hypercorn and aiohttp users have theirs. The runner that uses them is
-:mod:`gapless.serve.child`.
+:mod:`gapless.serving.child`.
 
 Example::
 

@@ -75,7 +75,7 @@ def serve(
         workers: processes sharing the sockets in each generation.
         options: drain timeout, keep-alive, TLS files, limits (:class:`ServeOptions`).
         hooks: ``before_upgrade``, ``on_ready``, ``before_shutdown``, ``after_shutdown``
-            callables, run in each generation (see :mod:`gapless.serve.apps`).
+            callables, run in each generation (see :mod:`gapless.serving.apps`).
         apps: further applications (or ``"module:attr"``) by bind name, each
             served by a process of its own, e.g. ``{"admin": admin_app}`` with
             ``bind=["web=:8000", "admin=127.0.0.1:8001"]``.

@@ -9,12 +9,12 @@
 
 It is the manager of ``gapless run`` (one process with a stable PID that keeps
 the sockets; SIGHUP or ``gapless reload`` starts a new generation, which
-imports the application afresh) running ``python -m gapless.serve.child`` as
+imports the application afresh) running ``python -m gapless.serving.child`` as
 its generations, with readiness by ``READY=1`` only.
 
 Started with sockets of its own (``LISTEN_FDS`` for its PID: under
 ``gapless run``, systemd socket activation or another manager), it is one
-generation instead, exactly ``python -m gapless.serve.child``: whatever passed
+generation instead, exactly ``python -m gapless.serving.child``: whatever passed
 the sockets also restarts it.
 
 Example::
@@ -76,7 +76,7 @@ def inherited(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
 
 def child_command(args: argparse.Namespace) -> list[str]:
     """The command of each generation for the parsed ``gapless serve`` options."""
-    return [sys.executable, "-m", "gapless.serve.child", *child_argv(args)]
+    return [sys.executable, "-m", "gapless.serving.child", *child_argv(args)]
 
 
 def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m gapless.serve.child MODULE:APP [--interface auto|asgi|wsgi|aiohttp]
+    python -m gapless.serving.child MODULE:APP [--interface auto|asgi|wsgi|aiohttp]
         [--server uvicorn|hypercorn] [--workers N] [--hooks MODULE]
         [--drain-timeout S] [--keep-alive S] [--read-timeout S] [--max-header-size B]
         [--http auto|h11|httptools] [--limit-concurrency N] [--threads N] [--ws-grace S]
@@ -18,7 +18,7 @@ sockets are being served; and on SIGTERM or SIGINT sends ``STOPPING=1`` and
 drains by the contract of :mod:`gapless.integrations` within
 ``--drain-timeout`` (a second signal cuts at once), logging how many
 connections the deadline cut. With ``--workers N`` it forks N workers that
-share the sockets (:mod:`gapless.serve.prefork`) and is ready when all of them are.
+share the sockets (:mod:`gapless.serving.prefork`) and is ready when all of them are.
 
 Exit codes: 0 after the drain (a cut is logged, not an error); 2 a bad command
 line, or an option the server would ignore (e.g. ``--http`` with hypercorn;
@@ -27,7 +27,7 @@ application or a hook could not be loaded or started.
 
 Example::
 
-    gapless run --bind :8000 -- python -m gapless.serve.child myapp:app
+    gapless run --bind :8000 -- python -m gapless.serving.child myapp:app
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ EXIT_STARTUP = 3  # uvicorn's STARTUP_FAILURE too, so a manager sees one code
 def build_parser() -> argparse.ArgumentParser:
     """The runner's command line."""
     parser = Parser(
-        prog="python -m gapless.serve.child",
+        prog="python -m gapless.serving.child",
         description="Serve a Python web application on inherited sockets; drain on SIGTERM.",
     )
     add_child_options(parser)
@@ -108,7 +108,7 @@ class Generation:
         interface: ``auto``, ``asgi``, ``wsgi`` or ``aiohttp``.
         server: ``uvicorn`` or ``hypercorn``, for ASGI and WSGI.
         options: the serving options.
-        hooks: run at the points of the generation's life (see :mod:`gapless.serve.apps`).
+        hooks: run at the points of the generation's life (see :mod:`gapless.serving.apps`).
         workers: processes sharing the sockets.
         apps: further applications by socket name, each served by a process of
             its own on the sockets of that name (an admin app on its own bind);

@@ -3,11 +3,11 @@
 :data:`OPTIONS` is the one table: each option's flag, type, default, help,
 who reads it (the manager, or each generation too) and which servers honour
 it. From it come the parser of ``gapless serve`` (:func:`add_serve_options`),
-the parser of one generation, ``python -m gapless.serve.child``
+the parser of one generation, ``python -m gapless.serving.child``
 (:func:`add_child_options`), the command line the manager hands each
 generation (:func:`child_argv`), the refusal of an option the chosen server
 would ignore (:func:`check_honoured`) and the option table of docs/serve.md
-(:func:`markdown_table`; ``python -m gapless.serve.options`` prints it).
+(:func:`markdown_table`; ``python -m gapless.serving.options`` prints it).
 
 Example::
 
@@ -181,7 +181,7 @@ def add_child_options(parser: argparse.ArgumentParser, *, standalone: bool = Tru
     """Add the application and the options of one generation to ``parser``.
 
     Args:
-        parser: the parser of ``gapless serve`` or of ``gapless.serve.child``.
+        parser: the parser of ``gapless serve`` or of ``gapless.serving.child``.
         standalone: add the child's own ``--bind``, for a child started alone
             (``gapless serve`` has its manager's ``--bind`` instead).
     """
