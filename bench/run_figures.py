@@ -52,7 +52,7 @@ from run_load import WRK, Wrk
 from run_servers import BIN, ENV, SERVERS, reload_under_load, wait_drained
 
 from gapless.run.control import call
-from gapless.systemd.notify import NotifyReceiver
+from gapless.systemd.notify_receiver import NotifyReceiver
 
 READY_CHILD = app("run_ready.py")
 UVICORN = [str(BIN / "uvicorn"), "--no-access-log", "run_app:asgi"]

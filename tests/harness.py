@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from gapless.systemd.notify import Notification, NotifyReceiver
+from gapless.systemd.notify_receiver import Notification, NotifyReceiver
 
 APPS = Path(__file__).parent / "apps"
 TIMEOUT = 30.0

@@ -36,7 +36,7 @@ from gapless.proc.spawn import Child, spawn
 from gapless.run.acceptwatch import accepting, socket_inode
 from gapless.sockets.addresses import parse_bind
 from gapless.sockets.listeners import open_listener
-from gapless.systemd.notify import Notification, NotifyReceiver
+from gapless.systemd.notify_receiver import Notification, NotifyReceiver
 
 APPS = Path(__file__).parent / "apps"
 TIMEOUT = 20.0

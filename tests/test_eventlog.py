@@ -21,7 +21,7 @@ from manager_harness import TIMEOUT, app, gapless_argv
 from gapless.proc.outlet import Outlet
 from gapless.run.control import call
 from gapless.run.eventlog import BUFFER_LIMIT, EventLog
-from gapless.systemd.notify import NotifyReceiver
+from gapless.systemd.notify_receiver import NotifyReceiver
 
 DROPPED = re.compile(rb"dropped (\d+) log lines?: the log was not read")
 

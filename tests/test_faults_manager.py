@@ -34,7 +34,7 @@ from manager_harness import (
     running,
 )
 
-from gapless.systemd.notify import NotifyReceiver
+from gapless.systemd.notify_receiver import NotifyReceiver
 
 NOBODY = 65534
 NOTIFY = ("--ready", "notify")

@@ -17,7 +17,7 @@ from restart_harness import Lines, kill_everything_named
 
 from gapless.proc.spawn import Child, spawn
 from gapless.systemd.fdstore import fd_store_size, given_back_names, store_listeners
-from gapless.systemd.notify import Notification, NotifyReceiver
+from gapless.systemd.notify_receiver import Notification, NotifyReceiver
 
 pytestmark = pytest.mark.timeout(60)
 

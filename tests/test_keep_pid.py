@@ -15,7 +15,7 @@ import pytest
 from harness import Reply, Supervised, alive, app_argv, get, start, wait_exit
 from manager_harness import Prober
 
-from gapless.systemd.notify import Notification
+from gapless.systemd.notify_receiver import Notification
 
 pytestmark = pytest.mark.timeout(60)
 

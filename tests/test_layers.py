@@ -22,8 +22,9 @@ RANKS = {
     "systemd": 4,
     "library": 5,
     "run": 5,
+    "cli_args": 6,  # argument types shared by the CLIs of run and serving
     "integrations": 6,
-    "serve": 7,
+    "serving": 7,
     "bench": 8,
     "demo": 9,  # gapless demo is a bench run
     "cli": 10,

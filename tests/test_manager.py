@@ -12,7 +12,7 @@ from pathlib import Path
 from harness import alive, wait_exit
 from manager_harness import DEMO, TIMEOUT, Prober, app, running, write_command
 
-from gapless.systemd.notify import NotifyReceiver
+from gapless.systemd.notify_receiver import NotifyReceiver
 
 
 def test_child_gets_listen_fds_names_pid_and_notify_socket(tmp_path: Path) -> None:

@@ -18,15 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gapless.errors import NotifyError
-from gapless.systemd.notify import (
-    MAX_MESSAGE,
-    Notification,
-    NotifyReceiver,
-    format_message,
-    in_process_tree,
-    notify,
-    parse_message,
-)
+from gapless.systemd.notify import MAX_MESSAGE, format_message, notify, parse_message
+from gapless.systemd.notify_receiver import Notification, NotifyReceiver, in_process_tree
 
 TIMEOUT = 10.0
 SYSTEMD_NOTIFY = "/usr/bin/systemd-notify"

@@ -60,7 +60,8 @@ from .errors import (
 )
 
 # Imported eagerly: the client is what most generations need, and it is small.
-from .systemd.notify import Notification, NotifyReceiver, notify, ready
+from .systemd.notify import notify, ready
+from .systemd.notify_receiver import Notification, NotifyReceiver
 
 if TYPE_CHECKING:
     from .hooks import Hooks

@@ -47,7 +47,8 @@ from ..errors import NotifyError, PidFileError
 from ..proc.pidfile import remove_pid_file, write_pid_file
 from ..proc.signals import SignalCapture
 from ..proc.subreaper import set_child_subreaper
-from ..systemd.notify import NotifyReceiver, in_process_tree, notify
+from ..systemd.notify import notify
+from ..systemd.notify_receiver import NotifyReceiver, in_process_tree
 
 __all__ = ["keep_pid"]
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import NotifyError, SuccessorExitedError, SuccessorTimeoutError, UpgradeError
 from ..proc.spawn import Child, StderrTail, spawn
-from ..systemd.notify import NotifyReceiver, in_process_tree
+from ..systemd.notify_receiver import NotifyReceiver, in_process_tree
 from .handshake import STDERR_VAR, successor_environ
 
 __all__ = ["Cancel", "start_successor"]

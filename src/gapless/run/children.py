@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from ..proc.spawn import Child, ExitStatus, StderrTail, spawn
 from ..proc.subreaper import group_members
 from ..proc.watchdog import Watchdog
-from ..systemd.notify import in_process_tree
+from ..systemd.notify_receiver import in_process_tree
 from .eventlog import EventLog
 
 __all__ = ["Children", "Proc"]

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import NotifyError
-from ..systemd.notify import Notification, NotifyReceiver
+from ..systemd.notify_receiver import Notification, NotifyReceiver
 from .bugs import report_bug
 from .eventlog import EventLog
 from .faults import Faults

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import GaplessError
 from ..proc.subreaper import group_members
 from ..sockets.connections import ConnectionCounter
-from ..systemd.notify import Notification, NotifyReceiver
+from ..systemd.notify_receiver import Notification, NotifyReceiver
 from .children import Children, Proc
 from .config import Listener, ManagerConfig
 from .datagrams import Datagrams

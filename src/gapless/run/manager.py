@@ -47,7 +47,7 @@ from ..proc.pidfile import remove_pid_file, write_pid_file
 from ..proc.signals import SignalCapture
 from ..proc.subreaper import set_child_subreaper
 from ..sockets.listeners import listener_address, remove_unix_path
-from ..systemd.notify import NotifyReceiver
+from ..systemd.notify_receiver import NotifyReceiver
 from .clients import Clients
 from .commands import Commands
 from .config import Listener, ManagerConfig, ReadyMode, open_listeners

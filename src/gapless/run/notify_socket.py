@@ -30,7 +30,7 @@ import stat
 from collections.abc import Mapping
 
 from ..errors import ControlError, NotifyError
-from ..systemd.notify import NotifyReceiver
+from ..systemd.notify_receiver import NotifyReceiver
 from .control_client import control_directory, ensure_private_directory
 from .eventlog import EventLog
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..errors import UpgradeError
 from ..sockets.listeners import UnixPathStamp, adopt_listener
-from ..systemd.notify import NotifyReceiver
+from ..systemd.notify_receiver import NotifyReceiver
 from .children import Children, Proc
 from .config import Listener, ManagerConfig
 from .control import ControlServer

@@ -44,7 +44,8 @@ from collections.abc import Callable, Sequence
 from ..errors import NotifyError
 from ..hooks import Hooks
 from ..proc.signals import SignalCapture
-from ..systemd.notify import NotifyReceiver, notify
+from ..systemd.notify import notify
+from ..systemd.notify_receiver import NotifyReceiver
 
 __all__ = ["run_workers"]
 

@@ -1,4 +1,4 @@
-"""sd_notify(3): readiness and status datagrams, client and receiver.
+"""sd_notify(3): readiness and status datagrams, the client side and the format.
 
 A child tells its manager how it is doing by sending one datagram of
 ``KEY=VALUE`` lines to the unix socket named by ``NOTIFY_SOCKET``; the kernel
@@ -6,14 +6,9 @@ attaches the sender's pid, uid and gid. This module speaks exactly systemd's
 protocol, so ``systemd-notify --ready``, libsystemd and any sd_notify client work
 with a gapless manager, and a gapless program works under systemd.
 
-Example::
+Example (the receiving side is :mod:`gapless.systemd.notify_receiver`)::
 
-    with NotifyReceiver() as receiver:        # the manager's side
-        env = {**os.environ, "NOTIFY_SOCKET": receiver.address}
-        child = subprocess.Popen(cmd, env=env)  # the child calls notify.ready()
-        ...                                     # wait until receiver.fileno() is readable
-        note = receiver.receive()
-        if note and note.ready and in_process_tree(note.pid, child.pid): ...
+    notify(ready=True, status="serving")   # False when NOTIFY_SOCKET is unset
 
 Messages are parsed strictly (see :func:`parse_message`). A duplicate key is
 rejected rather than resolved: systemd's own readers take the first ``STATUS=``
@@ -34,10 +29,7 @@ from ..errors import NotifyError
 
 __all__ = [
     "MAX_MESSAGE",
-    "Notification",
-    "NotifyReceiver",
     "format_message",
-    "in_process_tree",
     "notify",
     "parse_message",
     "ready",
@@ -239,6 +231,3 @@ def ready(status: str | None = None) -> bool:
         NotifyError: as :func:`notify`.
     """
     return notify(ready=True, status=status)
-
-
-from .notify_receiver import Notification, NotifyReceiver, in_process_tree  # noqa: E402
