@@ -41,3 +41,20 @@ def test_leaving_puts_back_the_previous_handlers_and_wakeup_fd() -> None:
         signal.set_wakeup_fd(wakeup_before)
         os.close(read)
         os.close(write)
+
+
+def test_a_forked_child_closes_the_parents_sockets_and_the_parent_keeps_them() -> None:
+    with SignalWakeup((signal.SIGUSR1,)) as signals:
+        fileno = signals.fileno()
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the sockets must go
+            signals.close_in_forked_child()
+            try:
+                os.fstat(fileno)
+            except OSError:
+                os._exit(0)
+            os._exit(1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert select.select([signals], [], [], 10)[0] == [signals]
+        assert signals.take() == [signal.SIGUSR1]

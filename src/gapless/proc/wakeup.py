@@ -43,10 +43,11 @@ class SignalWakeup:
         self._queue: SimpleQueue[signal.Signals] = SimpleQueue()
         self._stack = contextlib.ExitStack()
         self._read: socket.socket | None = None
+        self._pair: tuple[socket.socket, ...] = ()
 
     def __enter__(self) -> SignalWakeup:
         with contextlib.ExitStack() as stack:
-            read, write = socket.socketpair()
+            read, write = self._pair = socket.socketpair()
             for sock in (read, write):
                 sock.setblocking(False)
                 stack.callback(sock.close)
@@ -65,6 +66,13 @@ class SignalWakeup:
     ) -> None:
         self._read = None
         self._stack.close()
+
+    def close_in_forked_child(self) -> None:
+        """In a child forked inside the ``with`` block: close the sockets, which are
+        the parent's. The child's signal handlers and wakeup fd are its own to reset."""
+        for sock in self._pair:
+            sock.close()
+        self._read = None
 
     def fileno(self) -> int:
         """The socket a selector watches: readable once a signal arrived."""

@@ -36,14 +36,13 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
 from ..errors import NotifyError
 from ..hooks import Hooks
-from ..proc.signals import SignalCapture
+from ..proc.wakeup import SignalWakeup
 from ..systemd.notify import notify
 from ..systemd.notify_receiver import NotifyReceiver
 
@@ -84,16 +83,8 @@ class _Leader:
         self.hooks = hooks
         self.selector = stack.enter_context(selectors.DefaultSelector())
         self.receiver = stack.enter_context(NotifyReceiver())
-        self._wakes = socket.socketpair()
-        wake_read, wake_write = self._wakes
-        for sock in self._wakes:
-            stack.callback(sock.close)
-            sock.setblocking(False)
-        previous = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        stack.callback(signal.set_wakeup_fd, previous)
-        # The handler does nothing: the wakeup fd carries the signal numbers to the loop.
-        stack.enter_context(SignalCapture({sig: _ignore for sig in _STOP}))
-        self.selector.register(wake_read, selectors.EVENT_READ, self._on_signal)
+        self.signals = stack.enter_context(SignalWakeup(_STOP))
+        self.selector.register(self.signals, selectors.EVENT_READ, self._on_signal)
         self.selector.register(self.receiver, selectors.EVENT_READ, self._on_notify)
         self._prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
         self.workers: dict[int, int] = {}  # pid: pidfd
@@ -134,8 +125,9 @@ class _Leader:
                 signal.signal(sig, signal.SIG_DFL)
             for pidfd in self.workers.values():
                 os.close(pidfd)
-            for closable in (self.selector, self.receiver, *self._wakes):
+            for closable in (self.selector, self.receiver):
                 closable.close()
+            self.signals.close_in_forked_child()
             self._prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             if os.getppid() != parent:  # the leader died before prctl
                 os._exit(0)
@@ -150,15 +142,9 @@ class _Leader:
             sys.stderr.flush()
             os._exit(code)
 
-    def _on_signal(self, wake: object) -> None:
-        assert isinstance(wake, socket.socket)
-        received = b""
-        with contextlib.suppress(BlockingIOError):
-            while chunk := wake.recv(64):
-                received += chunk
-        for number in received:
-            if number in _STOP:
-                self._stop()
+    def _on_signal(self, _: object) -> None:
+        if self.signals.take():
+            self._stop()
 
     def _stop(self) -> None:
         if self.phase != "draining":
@@ -211,10 +197,6 @@ class _Leader:
             logger.warning("worker %d %s; started worker %d in its place", pid, what, replacement)
         else:
             logger.error("worker %d %s before it was ready; not replaced", pid, what)
-
-
-def _ignore(received: signal.Signals) -> None:
-    pass
 
 
 def _tell(**fields: object) -> None:
