@@ -189,6 +189,18 @@ def test_upgrade_execs_in_place_and_waits_until_the_new_code_answers(tmp_path: P
             f"re-executing pid {pid} with {sys.executable}",
             f"upgraded: pid {pid} runs gapless {__version__} now",
         ]
+        # A relative --python is the caller's: resolved in its directory, not the manager's.
+        relative = os.path.relpath(sys.executable, tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").mkdir()
+        again = gapless(
+            "upgrade",
+            "--control",
+            manager.control,
+            "--python",
+            relative,
+            cwd=tmp_path / "elsewhere",
+        )
+        assert again.returncode == 0, again.stderr
         refused = gapless("upgrade", "--control", manager.control, "--python", "/no/python")
         assert refused.returncode == 1
         assert refused.stderr.startswith("gapless upgrade: cannot upgrade with '/no/python'")

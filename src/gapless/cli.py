@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -230,7 +231,9 @@ def _control(args: argparse.Namespace) -> int:
     from .run.control import call, default_control_path
 
     path = args.control or default_control_path()
-    fields = {"python": args.python} if args.command == "upgrade" and args.python else {}
+    # Relative to the caller's directory, not the manager's (which may be elsewhere).
+    upgrade = args.command == "upgrade" and args.python
+    fields = {"python": os.path.abspath(args.python)} if upgrade else {}
     show = None if args.command == "status" else _print_progress
     answer = call(path, args.command, on_progress=show, **fields)
     if not answer.get("ok"):
