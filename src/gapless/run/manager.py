@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -39,13 +40,12 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from queue import SimpleQueue
 from typing import Any
 
 from .._version import __version__
 from ..proc.pidfile import remove_pid_file, write_pid_file
-from ..proc.signals import SignalCapture
 from ..proc.subreaper import set_child_subreaper
+from ..proc.wakeup import SignalWakeup
 from ..sockets.listeners import listener_address, remove_unix_path
 from ..systemd.notify import NotifyReceiver
 from .clients import Clients
@@ -120,7 +120,8 @@ class Manager:
         self._restarts = Restarts(
             config, self._environ, self._log, self._selector, self._upstream, lifeline
         )
-        self._signals: SimpleQueue[signal.Signals] = SimpleQueue()
+        self._signals: SignalWakeup | None = None  # caught while run() runs
+        self._unhandled: collections.deque[signal.Signals] = collections.deque()
         self._listeners: list[Listener] = []
         self._born = time.monotonic() if resume is None else float(resume["born"])
         self._upgrades = 0 if resume is None else int(resume["upgrades"])
@@ -275,16 +276,11 @@ class Manager:
         return receiver
 
     def _catch_signals(self, stack: contextlib.ExitStack) -> None:
-        wake_read, wake_write = socket.socketpair()
-        for sock in (wake_read, wake_write):
-            sock.setblocking(False)
-            stack.callback(sock.close)
-        previous = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        stack.callback(signal.set_wakeup_fd, previous)
-        stack.enter_context(SignalCapture({sig: self._signals.put for sig in _HANDLED}))
-        # After an exec in place they were blocked across it; pending ones come now.
+        self._signals = stack.enter_context(SignalWakeup(_HANDLED))
+        # After an exec in place they were blocked across it: unblocked only now that
+        # our handlers are installed, the pending ones are delivered (queued) now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
-        self._selector.register(wake_read, selectors.EVENT_READ, lambda: self._on_signal(wake_read))
+        self._selector.register(self._signals, selectors.EVENT_READ, self._on_signal)
 
     def _close_listeners(self) -> None:
         # Not after a crash: a manager started anew (or systemd) may still use the paths.
@@ -300,19 +296,18 @@ class Manager:
 
     def _pending_signals(self) -> list[signal.Signals]:
         """The signals caught but not handled yet, taken out of the queue."""
-        pending = []
-        while not self._signals.empty():
-            pending.append(self._signals.get())
-        return pending
+        pending = list(self._unhandled)
+        self._unhandled.clear()
+        return pending if self._signals is None else pending + self._signals.take()
 
     # Signals ------------------------------------------------------------------
 
-    def _on_signal(self, wake: socket.socket) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while wake.recv(4096):
-                pass
-        while not self._signals.empty():
-            received = self._signals.get()
+    def _on_signal(self) -> None:
+        assert self._signals is not None
+        # One at a time: if handling one raises, the rest wait across the recovery's exec.
+        self._unhandled.extend(self._signals.take())
+        while self._unhandled:
+            received = self._unhandled.popleft()
             if received == signal.SIGCHLD:
                 self._in_place.collect()  # first: its exit status is its own
                 self._supervisor.on_sigchld()
