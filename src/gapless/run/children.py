@@ -31,14 +31,15 @@ from ..proc.watchdog import Watchdog
 from ..systemd.notify_receiver import in_process_tree
 from .eventlog import EventLog
 
-__all__ = ["Children", "Proc"]
+__all__ = ["Children", "GenerationProcess"]
 
 _MAX_PARTIAL_LINE = 8192
 
 
 @dataclass
-class Proc:
-    """One generation's process: its leader, stderr tail and what it reported."""
+class GenerationProcess:
+    """The process of a generation (gapless.run.generations.Generation is its pure
+    record): its leader, stderr tail and what it reported."""
 
     number: int
     child: Child
@@ -73,7 +74,7 @@ class Children:
         self,
         selector: selectors.BaseSelector,
         log: EventLog,
-        on_exit: Callable[[Proc], None],
+        on_exit: Callable[[GenerationProcess], None],
         stop_signal: int = signal.SIGTERM,
         grace: float = 30.0,
     ) -> None:
@@ -82,7 +83,7 @@ class Children:
         self._on_exit = on_exit
         self._stop_signal = stop_signal
         self._grace = grace
-        self.procs: dict[int, Proc] = {}
+        self._procs: dict[int, GenerationProcess] = {}
         self.watchdog: Watchdog | None = None  # started with the first generation
 
     def spawn(
@@ -92,7 +93,7 @@ class Children:
         listeners: Sequence[tuple[str | None, socket.socket]],
         env: Mapping[str, str],
         death_signal: int | None = None,
-    ) -> Proc:
+    ) -> GenerationProcess:
         """Start generation ``number`` in a process group of its own; its leader gets
         ``death_signal`` if the manager dies (see :func:`gapless.proc.spawn.spawn`).
 
@@ -110,7 +111,7 @@ class Children:
             capture_stderr=True,
             death_signal=death_signal,
         )
-        return self._watch(Proc(number, child))
+        return self._watch(GenerationProcess(number, child))
 
     def adopt_watchdog(self, state: Mapping[str, int] | None) -> None:
         """After an exec in place: the watchdog ``{"pid", "fd"}`` the replaced manager
@@ -124,13 +125,13 @@ class Children:
         except OSError as exc:  # its pipe did not survive the exec: it has fired
             self._log.event("warning", f"cannot adopt the watchdog: {exc.strerror}")
 
-    def adopt(self, number: int, pid: int, stderr_fd: int | None) -> Proc:
+    def adopt(self, number: int, pid: int, stderr_fd: int | None) -> GenerationProcess:
         """Watch a generation this process already runs: after an exec in place,
         its leader ``pid`` is still our child and ``stderr_fd`` still our pipe."""
         if stderr_fd is not None:
             os.set_inheritable(stderr_fd, False)
         self._start_watchdog()
-        return self._watch(Proc(number, Child(pid, stderr_fd, process_group=True)))
+        return self._watch(GenerationProcess(number, Child(pid, stderr_fd, process_group=True)))
 
     def _start_watchdog(self) -> None:
         if self.watchdog is not None:
@@ -147,8 +148,8 @@ class Children:
         for proc in self.live():
             self.watchdog.watch(proc.pid)
 
-    def _watch(self, proc: Proc) -> Proc:
-        self.procs[proc.number] = proc
+    def _watch(self, proc: GenerationProcess) -> GenerationProcess:
+        self._procs[proc.number] = proc
         if self.watchdog is not None:
             self.watchdog.watch(proc.pid)  # its process group: its pgid is its pid
         child = proc.child
@@ -157,7 +158,7 @@ class Children:
             self._selector.register(child.stderr_fd, selectors.EVENT_READ, lambda: self.pump(proc))
         return proc
 
-    def pump(self, proc: Proc) -> None:
+    def pump(self, proc: GenerationProcess) -> None:
         """Forward what the child wrote to stderr, a bounded amount per call."""
         fd = proc.child.stderr_fd
         for _ in range(16):  # so that a chatty child cannot starve the loop
@@ -178,7 +179,7 @@ class Children:
             for line in lines:
                 self._log.output(proc.number, proc.pid, line)
 
-    def _end_of_stderr(self, proc: Proc) -> None:
+    def _end_of_stderr(self, proc: GenerationProcess) -> None:
         fd = proc.child.stderr_fd
         assert fd is not None
         self._selector.unregister(fd)
@@ -188,7 +189,7 @@ class Children:
             self._log.output(proc.number, proc.pid, proc.partial)
             proc.partial = b""
         if proc.released:
-            self.procs.pop(proc.number, None)
+            self._procs.pop(proc.number, None)
             proc.child.close()
 
     def reap(self) -> None:
@@ -242,7 +243,7 @@ class Children:
             pid=watchdog.pid,
         )
 
-    def _collect(self, proc: Proc) -> None:
+    def _collect(self, proc: GenerationProcess) -> None:
         if proc.status is not None:
             return
         status = proc.child.poll()
@@ -253,45 +254,49 @@ class Children:
         self.pump(proc)  # what it wrote just before exiting belongs to its story
         self._on_exit(proc)
 
-    def by_pid(self, pid: int) -> Proc | None:
-        for proc in self.procs.values():
+    def process(self, number: int) -> GenerationProcess | None:
+        """Generation ``number``'s process, until it is released and its stderr closed."""
+        return self._procs.get(number)
+
+    def by_pid(self, pid: int) -> GenerationProcess | None:
+        for proc in self._procs.values():
             if proc.pid == pid and proc.status is None:
                 return proc
         return None
 
-    def sender(self, pid: int, first: int | None = None) -> Proc | None:
+    def sender(self, pid: int, first: int | None = None) -> GenerationProcess | None:
         """The generation whose tree holds ``pid`` (a notify sender); ``first`` is
         tried before the others."""
-        order = sorted(self.procs.values(), key=lambda proc: proc.number != first)
+        order = sorted(self._procs.values(), key=lambda proc: proc.number != first)
         for proc in order:
             if proc.status is None and in_process_tree(pid, proc.pid):
                 return proc
         return None
 
-    def lingering(self, proc: Proc) -> bool:
+    def lingering(self, proc: GenerationProcess) -> bool:
         """Whether the generation's process group still has live members."""
         return bool(group_members(proc.pid))
 
     def release(self, number: int) -> None:
         """Forget an exited generation. Its stderr pipe stays open until EOF: a
         process that left its group (a daemon) may still write to it."""
-        proc = self.procs.get(number)
+        proc = self._procs.get(number)
         if proc is None or proc.released:
             return
         proc.released = True
         if self.watchdog is not None:
             self.watchdog.forget(proc.pid)
         if proc.child.stderr_fd is None:
-            self.procs.pop(number)
+            self._procs.pop(number)
             proc.child.close()
 
-    def live(self) -> list[Proc]:
-        return [proc for proc in self.procs.values() if not proc.released]
+    def live(self) -> list[GenerationProcess]:
+        return [proc for proc in self._procs.values() if not proc.released]
 
     def close(self) -> None:
         """Kill whatever still runs (only after an error in the manager) and close all;
         the watchdog, with no group left to guard, exits."""
-        for proc in list(self.procs.values()):
+        for proc in list(self._procs.values()):
             if proc.status is None:
                 self._selector.unregister(proc.child.pidfd)
                 proc.child.kill_group(signal.SIGKILL)
@@ -301,7 +306,7 @@ class Children:
             proc.child.close()
             if self.watchdog is not None:
                 self.watchdog.forget(proc.pid)
-        self.procs.clear()
+        self._procs.clear()
         if self.watchdog is not None:
             self.watchdog.close()
             self.watchdog = None

@@ -8,7 +8,7 @@ their own (gapless.run.manager, gapless.run.inplace).
 
 Example::
 
-    commands = Commands(supervisor, log, upstream)
+    commands = Commands(driver, log, upstream)
     commands.register(table)
     commands.request_reload(None, "SIGHUP")      # a reload nobody waits for
 """
@@ -16,9 +16,9 @@ Example::
 from __future__ import annotations
 
 from .control import CommandTable, ControlConnection, Message, error, progress, reply
-from .driver import Supervisor
+from .driver import Driver
 from .eventlog import EventLog
-from .generations import Phase, ReloadRequested, ReloadResult, StopRequested
+from .generations import ReloadResult
 from .upstream import Upstream
 
 __all__ = ["Commands"]
@@ -28,13 +28,13 @@ class Commands:
     """The reload and stop commands and the clients waiting on them.
 
     Args:
-        supervisor: whose machine gets the requests.
+        driver: the generations, which get the requests.
         log: the event log waiting clients are subscribed to.
         upstream: what systemd is told (RELOADING=1).
     """
 
-    def __init__(self, supervisor: Supervisor, log: EventLog, upstream: Upstream) -> None:
-        self._supervisor = supervisor
+    def __init__(self, driver: Driver, log: EventLog, upstream: Upstream) -> None:
+        self._driver = driver
         self._log = log
         self._upstream = upstream
         self._requests = 0
@@ -50,10 +50,9 @@ class Commands:
     def request_reload(self, connection: ControlConnection | None, by: str) -> None:
         """A reload asked for by ``by``; ``connection`` (if any) waits for its end."""
         self._log.event("reload", f"reload requested by {by}")
-        machine = self._supervisor.machine
-        if machine.phase is Phase.RUNNING:
+        if self._driver.running:
             self._upstream.reload_requested()
-        if machine.starting is not None and connection is not None:
+        if self._driver.reload_under_way and connection is not None:
             connection.send(progress("a reload is under way; a new one follows it"))
         request = None
         if connection is not None:
@@ -62,7 +61,7 @@ class Commands:
             self._reload_waiters[request] = connection
             connection.waiting += 1
             self._log.subscribe(connection)
-        self._supervisor.feed(ReloadRequested(request))
+        self._driver.request_reload(request)
 
     def answer(self, result: ReloadResult, stderr: list[str]) -> None:
         """Answer the clients that waited for this start."""
@@ -90,6 +89,5 @@ class Commands:
         self.stop_waiters.append(connection)
         connection.waiting += 1
         self._log.subscribe(connection)
-        if self._supervisor.machine.phase is Phase.RUNNING:  # a second stop only waits too
-            self._log.event("stop", f"stop requested by gapless stop (pid {connection.pid})")
-            self._supervisor.feed(StopRequested())
+        if self._driver.running:  # a second stop only waits too
+            self._driver.request_stop(f"stop requested by gapless stop (pid {connection.pid})")

@@ -21,12 +21,12 @@ import errno
 import json
 import os
 import socket
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import AddressInUseError, ControlError, ListenError
 from ..sockets.addresses import Bind, UnixAddress
+from ..sockets.credentials import peer_credentials
 from ..sockets.listeners import UnixPathStamp, open_listener, remove_unix_path, stamp_unix_path
 from .control_client import (
     PROTOCOL_VERSION,
@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 MAX_LINE = 65536
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class ControlConnection:
@@ -193,9 +192,7 @@ class ControlServer:
             self._refuse_for_lack_of_fds()
             return None
         sock.setblocking(False)
-        pid, uid, _ = _UCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        )
+        pid, uid, _ = peer_credentials(sock)
         connection = ControlConnection(sock, pid, uid)
         if uid not in (0, os.getuid()):
             connection.send(

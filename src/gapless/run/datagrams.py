@@ -1,7 +1,7 @@
 """Reading the manager's notify socket: bounded, contained, and quiet about strangers.
 
 :class:`Datagrams` reads at most 64 datagrams per wakeup, so that a flood cannot
-starve the loop, and hands each to a router (the Supervisor's), which says
+starve the loop, and hands each to a router (the Driver's), which says
 whether it was wanted. A datagram whose handling raises (a bug) is dropped
 alone, with its traceback logged (invariant 7).
 

@@ -1,20 +1,20 @@
 """The generations of one command at work: the state machine fed with OS events.
 
-:class:`Supervisor` owns the :class:`~gapless.run.generations.Generations` machine
+:class:`Driver` owns the :class:`~gapless.run.generations.Generations` machine
 and the generations' processes. It turns what happens to them (an exit, a
 notify datagram, a readiness check, a deadline) into events, and carries out
 the machine's actions: spawn, log readiness, signal, kill the group, report.
 The :class:`~gapless.run.manager.Manager` around it owns the sockets, the signals
 and the control socket, and runs the one ``select()`` loop, asking
-:meth:`Supervisor.wake_at` for its timeout.
+:meth:`Driver.wake_at` for its timeout.
 
 Example::
 
-    supervisor = Supervisor(config, environ, selector, log, upstream, on_report)
-    supervisor.start(listeners, receiver)         # spawns generation 1
-    while supervisor.exit_code is None:
-        ...select(timeout from supervisor.wake_at()), run callbacks...
-        supervisor.tick(time.monotonic())
+    driver = Driver(config, environ, selector, log, upstream, on_report)
+    driver.start(listeners, receiver)         # spawns generation 1
+    while driver.exit_code is None:
+        ...select(timeout from driver.wake_at()), run callbacks...
+        driver.tick(time.monotonic())
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from ..errors import GaplessError
 from ..proc.subreaper import group_members
 from ..sockets.connections import ConnectionCounter
 from ..systemd.notify_receiver import Notification, NotifyReceiver
-from .children import Children, Proc
+from .children import Children, GenerationProcess
 from .config import Listener, ManagerConfig
 from .datagrams import Datagrams
 from .eventlog import EventLog
 from .faults import Faults
 from .generations import (
+    LIVE,
     Activated,
     Boot,
     ChildExited,
@@ -48,22 +49,25 @@ from .generations import (
     GroupExited,
     KillGroup,
     Phase,
+    ReloadRequested,
     ReloadResult,
     ReportReload,
     Signal,
     Spawn,
     SpawnFailed,
+    StopRequested,
 )
 from .readiness import Readiness
-from .status import summary
+from .state import adopt_generations, export_generations, unadoptable
+from .status import snapshot, summary
 from .upstream import Upstream
 
-__all__ = ["Supervisor"]
+__all__ = ["Driver", "Reporter"]
 
 Reporter = Callable[[ReloadResult, list[str]], None]
 
 
-class Supervisor:
+class Driver:
     """Runs the generations; see the module docstring.
 
     Args:
@@ -92,10 +96,10 @@ class Supervisor:
         self._log = log
         self._upstream = upstream
         self._on_report = on_report
-        self.machine = Generations(
+        self._machine = Generations(
             config.ready_timeout, config.drain_timeout, int(config.stop_signal)
         )
-        self.children = Children(
+        self._children = Children(
             selector, log, self._on_exit, int(config.stop_signal), config.drain_timeout
         )
         self.exit_code: int | None = None
@@ -106,6 +110,79 @@ class Supervisor:
         self._readiness: Readiness | None = None  # once start() knows the sockets
         self._connections = ConnectionCounter(frozenset(), frozenset())
         self.datagrams = Datagrams(log, Faults({}) if faults is None else faults, self._route)
+
+    # What the manager and its neighbours ask -----------------------------------
+
+    @property
+    def running(self) -> bool:
+        """No stop was asked for yet."""
+        return self._machine.phase is Phase.RUNNING
+
+    @property
+    def serving(self) -> bool:
+        """A generation is active and no stop was asked for."""
+        return self._machine.active is not None and self.running
+
+    @property
+    def reload_under_way(self) -> bool:
+        """A generation is starting (a new reload request joins it, or follows it)."""
+        return self._machine.starting is not None
+
+    def active_process(self) -> GenerationProcess | None:
+        active = self._machine.active
+        return None if active is None else self._children.process(active.number)
+
+    def request_reload(self, request: int | None) -> None:
+        """Start a generation; ``request`` (if any) is in the result reported for it."""
+        self.feed(ReloadRequested(request))
+
+    def request_stop(self, why: str, **fields: Any) -> None:
+        """Log ``why`` and stop (while stopping already: hurry the stop)."""
+        self._log.event("stop", why, **fields)
+        self.feed(StopRequested())
+
+    def status(self, listeners: Sequence[Listener], about: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``gapless status`` answer (gapless.run.status)."""
+        return snapshot(self._machine, self._children, listeners, about)
+
+    # Upgrading in place (gapless.run.reexec, gapless.run.state) ------------------
+
+    def upgrade_refusal(self) -> str | None:
+        """Why the manager cannot exec itself now, or None: only a quiet manager does."""
+        machine = self._machine
+        if machine.phase is not Phase.RUNNING:
+            return "the manager is stopping"
+        if machine.reloading:
+            return "a reload is under way"
+        for gen in machine.in_state(GenState.KILLED, GenState.DRAINING):
+            if gen.state is GenState.KILLED or gen.exit_status is not None:
+                return f"generation {gen.number} is being killed"
+        return None
+
+    def export_generations(self) -> tuple[dict[str, Any], list[int]]:
+        return export_generations(self._machine, self._children)
+
+    def kill_unadoptable(self) -> None:
+        """Before an exec to recover: kill the groups no pidfd can name any more."""
+        for proc in unadoptable(self._machine, self._children):
+            proc.child.kill_group(signal.SIGKILL)
+            self._log.event(
+                "killed",
+                f"generation {proc.number} killed (SIGKILL to group {proc.pid}): "
+                "its leader exited and its group cannot be handed over",
+                generation=proc.number,
+            )
+
+    def adopt(self, state: Mapping[str, Any]) -> None:
+        """In the new process: carry on with the generations ``state`` hands over."""
+        adopt_generations(state, self._children, self._machine, self._upstream)
+        machine = self._machine
+        if machine.phase is Phase.STOPPING and not machine.in_state(*LIVE):
+            self.exit_code = machine.exit_code  # the stop was all but over
+
+    def close(self) -> None:
+        """Kill what still runs (after an error in the manager) and close everything."""
+        self._children.close()
 
     def start(self, listeners: Sequence[Listener], receiver: NotifyReceiver, boot: bool) -> None:
         """Take the sockets; with ``boot``, spawn generation 1 (else one was adopted).
@@ -128,16 +205,16 @@ class Supervisor:
             return
         self._feeding = True
         try:
-            while self._events and self.machine.phase is not Phase.STOPPED:
-                actions = self.machine.handle(self._events.popleft(), time.monotonic())
-                if self.machine.phase is not Phase.RUNNING:
+            while self._events and self._machine.phase is not Phase.STOPPED:
+                actions = self._machine.handle(self._events.popleft(), time.monotonic())
+                if self._machine.phase is not Phase.RUNNING:
                     self._upstream.stopping()
                 for action in actions:
                     _ACTIONS[type(action)](self, action)
             self._upstream.update(
-                serving=self.machine.active is not None and self.machine.phase is Phase.RUNNING,
-                reloading=self.machine.reloading,
-                status=summary(self.machine, self.children),
+                serving=self._machine.active is not None and self._machine.phase is Phase.RUNNING,
+                reloading=self._machine.reloading,
+                status=summary(self._machine, self._children),
             )
         finally:
             self._events.clear()
@@ -147,7 +224,7 @@ class Supervisor:
 
     def wake_at(self) -> float | None:
         """The next deadline or readiness check (monotonic); None: wait for events."""
-        wake_at = [when for when, _ in self.machine.timers()]
+        wake_at = [when for when, _ in self._machine.timers()]
         dropped = self.datagrams.wake_at()
         if dropped is not None:
             wake_at.append(dropped)
@@ -162,7 +239,7 @@ class Supervisor:
         """Feed the deadlines that passed, then look at the starting generation."""
         self.datagrams.tick(now)
         while self.exit_code is None:
-            due = [event for when, event in self.machine.timers() if when <= now]
+            due = [event for when, event in self._machine.timers() if when <= now]
             if not due:
                 break
             self.feed(due[0])
@@ -174,27 +251,31 @@ class Supervisor:
                 proc.ready_via = via
                 self.feed(ChildReady(gen.number))
 
-    def _starting(self) -> tuple[Generation, Proc] | None:
+    def _process(self, number: int) -> GenerationProcess:
+        proc = self._children.process(number)
+        assert proc is not None, f"generation {number} has no process"
+        return proc
+
+    def _starting(self) -> tuple[Generation, GenerationProcess] | None:
         """The starting generation, if its process runs."""
-        gen = self.machine.starting
-        proc = None if gen is None else self.children.procs.get(gen.number)
+        gen = self._machine.starting
+        proc = None if gen is None else self._children.process(gen.number)
         return None if gen is None or proc is None or proc.status is not None else (gen, proc)
 
     # OS events ----------------------------------------------------------------
 
     def on_sigchld(self) -> None:
         """Reap, then see whether a generation's left-behind group is gone now."""
-        self.children.reap()
-        for gen in self.machine.in_state(GenState.DRAINING, GenState.KILLED):
-            proc = self.children.procs.get(gen.number)
-            if gen.exit_status is not None and proc and not self.children.lingering(proc):
+        self._children.reap()
+        for gen in self._machine.in_state(GenState.DRAINING, GenState.KILLED):
+            proc = self._children.process(gen.number)
+            if gen.exit_status is not None and proc and not self._children.lingering(proc):
                 self.feed(GroupExited(gen.number))
         self._release_exited()
 
     def forward(self, received: signal.Signals) -> None:
         """Pass a signal on to the active generation's leader."""
-        active = self.machine.active
-        proc = self.children.procs.get(active.number) if active else None
+        proc = self.active_process()
         if proc is not None:
             proc.child.send_signal(received)
             self._log.event(
@@ -203,9 +284,9 @@ class Supervisor:
                 generation=proc.number,
             )
 
-    def _on_exit(self, proc: Proc) -> None:
+    def _on_exit(self, proc: GenerationProcess) -> None:
         assert proc.status is not None
-        lingering = self.children.lingering(proc)
+        lingering = self._children.lingering(proc)
         left = ", leaving processes in its group" if lingering else ""
         self._log.event(
             "exited",
@@ -214,15 +295,15 @@ class Supervisor:
             pid=proc.pid,
             returncode=proc.status.returncode,
         )
-        if proc.number in self.machine.generations:
+        if proc.number in self._machine.generations:
             self.feed(ChildExited(proc.number, proc.status, lingering))
         self._release_exited()
 
     def _release_exited(self) -> None:
-        for proc in self.children.live():
-            gen = self.machine.generations.get(proc.number)
+        for proc in self._children.live():
+            gen = self._machine.generations.get(proc.number)
             if gen is None or gen.state is GenState.EXITED:
-                self.children.release(proc.number)
+                self._children.release(proc.number)
 
     def on_notify(self, receiver: NotifyReceiver) -> None:
         """Route the pending datagrams (see gapless.run.datagrams)."""
@@ -231,8 +312,8 @@ class Supervisor:
     def _route(self, note: Notification) -> str | None:
         """READY=1 of the starting generation, STATUS= of any; None if wanted, else
         why the datagram is dropped."""
-        starting = self.machine.starting
-        proc = self.children.sender(note.pid, starting.number if starting else None)
+        starting = self._machine.starting
+        proc = self._children.sender(note.pid, starting.number if starting else None)
         if proc is None:
             return f" from pid {note.pid}: not a process of any generation"
         if note.status is not None:
@@ -253,7 +334,7 @@ class Supervisor:
             # A manager killed outright (SIGKILL, OOM) must leave no generation serving
             # for ever on sockets a restarted manager cannot bind: the leader drains.
             death = int(self.config.stop_signal)
-            proc = self.children.spawn(number, self.config.command, listeners, env, death)
+            proc = self._children.spawn(number, self.config.command, listeners, env, death)
         except GaplessError as exc:
             self.feed(SpawnFailed(number, f"generation {number} could not start: {exc}"))
             return
@@ -267,7 +348,7 @@ class Supervisor:
         )
 
     def _activated(self, action: Activated) -> None:
-        proc = self.children.procs[action.generation]
+        proc = self._process(action.generation)
         self._log.event(
             "ready",
             f"generation {action.generation} ready after {action.latency * 1000:.0f} ms "
@@ -278,7 +359,7 @@ class Supervisor:
         )
 
     def _signal(self, action: Signal) -> None:
-        proc = self.children.procs[action.generation]
+        proc = self._process(action.generation)
         held = self._connections.count(group_members(proc.pid))
         proc.child.send_signal(action.signal)
         name = signal.Signals(action.signal).name
@@ -293,7 +374,7 @@ class Supervisor:
         )
 
     def _kill(self, action: KillGroup) -> None:
-        proc = self.children.procs[action.generation]
+        proc = self._process(action.generation)
         proc.child.kill_group(signal.SIGKILL)
         self._log.event(
             "killed",
@@ -303,7 +384,7 @@ class Supervisor:
 
     def _report(self, action: ReportReload) -> None:
         result = action.result
-        proc = self.children.procs.get(result.generation or 0)
+        proc = self._children.process(result.generation or 0)
         stderr = proc.last_stderr_lines() if proc is not None and not result.ok else []
         if not result.ok:
             last = f"; its last stderr line: {stderr[-1]!r}" if stderr else ""
@@ -315,11 +396,11 @@ class Supervisor:
         self.exit_code = action.code
 
 
-_ACTIONS: dict[type, Callable[[Supervisor, Any], None]] = {
-    Spawn: Supervisor._spawn,
-    Activated: Supervisor._activated,
-    Signal: Supervisor._signal,
-    KillGroup: Supervisor._kill,
-    ReportReload: Supervisor._report,
-    Exit: Supervisor._exit,
+_ACTIONS: dict[type, Callable[[Driver, Any], None]] = {
+    Spawn: Driver._spawn,
+    Activated: Driver._activated,
+    Signal: Driver._signal,
+    KillGroup: Driver._kill,
+    ReportReload: Driver._report,
+    Exit: Driver._exit,
 }

@@ -33,7 +33,7 @@ from ..errors import UpgradeError
 from .bugs import report_bug
 from .control import ControlConnection, Message, error, reply
 from .eventlog import EventLog
-from .reexec import Handover, exec_in_place, export_state, unadoptable, upgrade_refusal
+from .reexec import Handover, exec_in_place, export_state
 from .upgrade_check import TargetCheck
 from .upstream import Upstream
 
@@ -103,8 +103,7 @@ class InPlace:
         self._log.event("upgrading", f"checking {python} before re-executing pid {os.getpid()}")
 
     def _upgrade_refusal(self) -> str | None:
-        handover = self._handover()
-        problem = upgrade_refusal(handover.machine) or self._refusal()
+        problem = self._handover().driver.upgrade_refusal() or self._refusal()
         return None if problem is None else f"cannot upgrade now: {problem}; retry in a moment"
 
     def _checked(self, connection: ControlConnection, python: str, problem: str | None) -> None:
@@ -159,15 +158,7 @@ class InPlace:
             handover = dataclasses.replace(
                 handover, recoveries=handover.recoveries + 1, recovered_at=(*recent, now)
             )
-            for proc in unadoptable(handover.machine, handover.children):
-                # Its leader is gone, so no pidfd can name its group for the new process.
-                proc.child.kill_group(signal.SIGKILL)
-                self._log.event(
-                    "killed",
-                    f"generation {proc.number} killed (SIGKILL to group {proc.pid}): "
-                    "its leader exited and its group cannot be handed over",
-                    generation=proc.number,
-                )
+            handover.driver.kill_unadoptable()
             self._log.event(
                 "recovering",
                 f"re-executing pid {os.getpid()} in place to recover "

@@ -12,7 +12,7 @@ pidfd and stderr pipe, the notify socket, the control socket and its clients
 with no timeout at all. The only periodic wakeup is the ``accept`` readiness
 check, every 20 ms, and only while a generation is starting. The decisions are
 in :class:`~gapless.run.generations.Generations`, their carrying out in
-:class:`~gapless.run.driver.Supervisor`; this module owns the sockets, the
+:class:`~gapless.run.driver.Driver`; this module owns the sockets, the
 signals and the control commands.
 
 The manager's failure is never the service's (invariant 7): an exception in a
@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -39,13 +40,12 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from queue import SimpleQueue
 from typing import Any
 
 from .._version import __version__
 from ..proc.pidfile import remove_pid_file, write_pid_file
-from ..proc.signals import SignalCapture
 from ..proc.subreaper import set_child_subreaper
+from ..proc.wakeup import SignalWakeup
 from ..sockets.listeners import listener_address, remove_unix_path
 from ..systemd.notify_receiver import NotifyReceiver
 from .clients import Clients
@@ -59,21 +59,15 @@ from .control import (
     default_control_path,
     reply,
 )
-from .driver import Supervisor
+from .driver import Driver
 from .eventlog import EventLog
 from .faults import Faults
-from .generations import LIVE, Phase, ReloadResult, StopRequested
+from .generations import ReloadResult
 from .inplace import InPlace
 from .notify_socket import private_receiver
-from .reexec import (
-    Handover,
-    adopt_generations,
-    config_from_json,
-    listeners_from_json,
-    stamp_from_json,
-)
+from .reexec import Handover
 from .restarts import Restarts
-from .status import snapshot
+from .state import config_from_json, listeners_from_json, stamp_from_json
 from .upgrade_check import python_problem
 from .upstream import Upstream
 
@@ -120,7 +114,8 @@ class Manager:
         self._restarts = Restarts(
             config, self._environ, self._log, self._selector, self._upstream, lifeline
         )
-        self._signals: SimpleQueue[signal.Signals] = SimpleQueue()
+        self._signals: SignalWakeup | None = None  # caught while run() runs
+        self._unhandled: collections.deque[signal.Signals] = collections.deque()
         self._listeners: list[Listener] = []
         self._born = time.monotonic() if resume is None else float(resume["born"])
         self._upgrades = 0 if resume is None else int(resume["upgrades"])
@@ -128,7 +123,7 @@ class Manager:
         recovered_at = () if resume is None else resume.get("recovered_at", ())
         self._recovered_at = tuple(float(when) for when in recovered_at)
         self._faults = Faults(self._environ)
-        self._supervisor = Supervisor(
+        self._driver = Driver(
             config,
             self._environ,
             self._selector,
@@ -147,7 +142,7 @@ class Manager:
             self._pending_signals,
             _HANDLED,
         )
-        self._commands = Commands(self._supervisor, self._log, self._upstream)
+        self._commands = Commands(self._driver, self._log, self._upstream)
         self._clients = Clients(self._selector, self._log, self._command_table())
 
     def _command_table(self) -> CommandTable:
@@ -180,28 +175,28 @@ class Manager:
             GaplessError: a socket, the control socket or the PID file could not be
                 set up; nothing was started then.
         """
-        supervisor = self._supervisor
+        driver = self._driver
         with contextlib.ExitStack() as stack:
             self._open(stack)
             if self._resume is not None:
                 self._log.event("resumed", f"resumed in place as pid {os.getpid()} ({__version__})")
-            while supervisor.exit_code is None:
+            while driver.exit_code is None:
                 try:
                     self._turn()
                 except Exception as exc:  # invariant 7: never the service's failure
                     self._in_place.recover(exc)
         # Answered only now, once the sockets, socket paths and PID file are gone,
         # so that `gapless stop && gapless run ...` finds everything free.
-        self._log.event("stopped", f"stopped with exit code {supervisor.exit_code}")
+        self._log.event("stopped", f"stopped with exit code {driver.exit_code}")
         self._commands.answer_stopped()
         self._log.drain(timeout=1.0)  # lines a slow reader left, bounded: it may never read
-        return supervisor.exit_code
+        return driver.exit_code
 
     def _turn(self) -> None:
         """One turn of the loop: wait for the next event or deadline, handle it."""
-        supervisor = self._supervisor
+        driver = self._driver
         times = (
-            supervisor.wake_at(),
+            driver.wake_at(),
             self._restarts.wake_at(),
             self._clients.wake_at(),
             self._in_place.wake_at(),
@@ -211,7 +206,7 @@ class Manager:
         for key, _ in self._selector.select(timeout):
             key.data()
         now = time.monotonic()
-        supervisor.tick(now)
+        driver.tick(now)
         self._restarts.tick(now)
         self._clients.tick(now)
         self._in_place.tick(now)
@@ -221,7 +216,7 @@ class Manager:
 
     def _open(self, stack: contextlib.ExitStack) -> None:
         stack.callback(self._selector.close)
-        stack.callback(self._supervisor.children.close)  # they are gone, or setup failed
+        stack.callback(self._driver.close)  # they are gone, or setup failed
         stack.callback(self._in_place.close)
         if not set_child_subreaper():
             self._log.event("warning", "cannot become a child subreaper; orphans go to init")
@@ -233,13 +228,9 @@ class Manager:
         if self.config.pid_file is not None:
             write_pid_file(self.config.pid_file)
             stack.callback(remove_pid_file, self.config.pid_file)
-        self._supervisor.start(self._listeners, receiver, boot=self._resume is None)
+        self._driver.start(self._listeners, receiver, boot=self._resume is None)
         if self._resume is not None:
-            supervisor = self._supervisor
-            machine = supervisor.machine
-            adopt_generations(self._resume, supervisor.children, machine, self._upstream)
-            if machine.phase is Phase.STOPPING and not machine.in_state(*LIVE):
-                supervisor.exit_code = machine.exit_code  # the stop was all but over
+            self._driver.adopt(self._resume)
 
     def _open_sockets(self, stack: contextlib.ExitStack) -> NotifyReceiver:
         state = self._resume
@@ -264,31 +255,26 @@ class Manager:
             kept = "" if state is None else " (kept across the exec)"
             self._log.event("listening", f"listening on {where}{label}{kept}", address=str(where))
         self._receiver = receiver
-        on_notify = functools.partial(self._supervisor.on_notify, receiver)
+        on_notify = functools.partial(self._driver.on_notify, receiver)
         self._selector.register(receiver, selectors.EVENT_READ, on_notify)
         self._control = control
         stack.callback(self._close_control)
         on_control = functools.partial(self._clients.accept, control)
         self._selector.register(control, selectors.EVENT_READ, on_control)
-        self._restarts.open(self._supervisor, self._listeners, control)
+        self._restarts.open(self._driver, self._listeners, control)
         stack.callback(self._restarts.close)  # first: it may disown paths a taker uses
         return receiver
 
     def _catch_signals(self, stack: contextlib.ExitStack) -> None:
-        wake_read, wake_write = socket.socketpair()
-        for sock in (wake_read, wake_write):
-            sock.setblocking(False)
-            stack.callback(sock.close)
-        previous = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        stack.callback(signal.set_wakeup_fd, previous)
-        stack.enter_context(SignalCapture({sig: self._signals.put for sig in _HANDLED}))
-        # After an exec in place they were blocked across it; pending ones come now.
+        self._signals = stack.enter_context(SignalWakeup(_HANDLED))
+        # After an exec in place they were blocked across it: unblocked only now that
+        # our handlers are installed, the pending ones are delivered (queued) now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
-        self._selector.register(wake_read, selectors.EVENT_READ, lambda: self._on_signal(wake_read))
+        self._selector.register(self._signals, selectors.EVENT_READ, self._on_signal)
 
     def _close_listeners(self) -> None:
         # Not after a crash: a manager started anew (or systemd) may still use the paths.
-        final = self._supervisor.exit_code is not None
+        final = self._driver.exit_code is not None
         for listener in self._listeners:
             listener.sock.close()
             if final:
@@ -300,31 +286,28 @@ class Manager:
 
     def _pending_signals(self) -> list[signal.Signals]:
         """The signals caught but not handled yet, taken out of the queue."""
-        pending = []
-        while not self._signals.empty():
-            pending.append(self._signals.get())
-        return pending
+        pending = list(self._unhandled)
+        self._unhandled.clear()
+        return pending if self._signals is None else pending + self._signals.take()
 
     # Signals ------------------------------------------------------------------
 
-    def _on_signal(self, wake: socket.socket) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while wake.recv(4096):
-                pass
-        while not self._signals.empty():
-            received = self._signals.get()
+    def _on_signal(self) -> None:
+        assert self._signals is not None
+        # One at a time: if handling one raises, the rest wait across the recovery's exec.
+        self._unhandled.extend(self._signals.take())
+        while self._unhandled:
+            received = self._unhandled.popleft()
             if received == signal.SIGCHLD:
                 self._in_place.collect()  # first: its exit status is its own
-                self._supervisor.on_sigchld()
+                self._driver.on_sigchld()
             elif received == signal.SIGHUP:
                 self._commands.request_reload(None, "SIGHUP")
             elif received in _FORWARDED:
-                self._supervisor.forward(received)
+                self._driver.forward(received)
             elif not self._restarts.delay_stop(received):
-                hurry = self._supervisor.machine.phase is not Phase.RUNNING
-                what = "hurried" if hurry else "requested"
-                self._log.event("stop", f"stop {what} by {received.name}", signal=received.name)
-                self._supervisor.feed(StopRequested())
+                what = "requested" if self._driver.running else "hurried"
+                self._driver.request_stop(f"stop {what} by {received.name}", signal=received.name)
 
     # Control commands ---------------------------------------------------------
 
@@ -343,9 +326,7 @@ class Manager:
             "recoveries": self._recoveries,
             "restarts": self._restarts.status(),
         }
-        supervisor = self._supervisor
-        report = snapshot(supervisor.machine, supervisor.children, self._listeners, about)
-        connection.send(reply(True, **report))
+        connection.send(reply(True, **self._driver.status(self._listeners, about)))
 
     def _handover(self) -> Handover:
         return Handover(
@@ -354,8 +335,7 @@ class Manager:
             control=self._control,
             receiver=self._receiver,
             listeners=self._listeners,
-            machine=self._supervisor.machine,
-            children=self._supervisor.children,
+            driver=self._driver,
             upstream=self._upstream,
             born=self._born,
             upgrades=self._upgrades,

@@ -40,16 +40,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UpgradeError
-from ..sockets.listeners import UnixPathStamp, adopt_listener
 from ..systemd.notify_receiver import NotifyReceiver
-from .children import Children, Proc
 from .config import Listener, ManagerConfig
 from .control import ControlServer
-from .generations import LIVE, Generation, Generations, GenState, Phase, ReloadResult
-from .readiness import ReadyMode
+from .driver import Driver
+from .state import config_to_json, listeners_to_json, stamp_to_json
 from .upstream import Upstream
 
-__all__ = ["STATE_VERSION", "exec_in_place", "read_state"]  # and helpers
+__all__ = ["STATE_VERSION", "Handover", "exec_in_place", "export_state", "read_state"]
 
 STATE_VERSION = 1
 
@@ -105,16 +103,6 @@ def read_state(fd: int) -> dict[str, Any]:
     return state
 
 
-def stamp_to_json(stamp: UnixPathStamp | None) -> list[Any] | None:
-    if stamp is None:
-        return None
-    return [stamp.path, stamp.device, stamp.inode, stamp.changed_ns]
-
-
-def stamp_from_json(value: list[Any] | None) -> UnixPathStamp | None:
-    return None if value is None else UnixPathStamp(*value)
-
-
 @dataclass(frozen=True)
 class Handover:
     """What a manager hands over to the process it execs in place."""
@@ -124,8 +112,7 @@ class Handover:
     control: ControlServer
     receiver: NotifyReceiver
     listeners: Sequence[Listener]
-    machine: Generations
-    children: Children
+    driver: Driver
     upstream: Upstream
     born: float
     upgrades: int
@@ -133,31 +120,10 @@ class Handover:
     recovered_at: tuple[float, ...] = ()  # monotonic times of the recent recoveries
 
 
-def upgrade_refusal(machine: Generations) -> str | None:
-    """Why the manager cannot exec itself now, or None: only a quiet manager does."""
-    if machine.phase is not Phase.RUNNING:
-        return "the manager is stopping"
-    if machine.reloading:
-        return "a reload is under way"
-    for gen in machine.in_state(GenState.KILLED, GenState.DRAINING):
-        if gen.state is GenState.KILLED or gen.exit_status is not None:
-            return f"generation {gen.number} is being killed"
-    return None
-
-
 def export_state(handover: Handover) -> tuple[dict[str, Any], list[int]]:
-    """The state the new process resumes from, and the fds it must keep.
-
-    Every generation whose leader still runs is carried; one whose leader was
-    reaped (its group lingering) cannot be watched by the new process: see
-    :func:`unadoptable`.
-    """
-    machine = handover.machine
-    procs = handover.children.procs
-    live = [gen for gen in machine.in_state(*LIVE) if gen.number in procs]
-    live = [gen for gen in live if procs[gen.number].status is None]
-    generations = generations_to_json(live, procs)
-    last = machine.last_reload
+    """The state the new process resumes from (gapless.run.state), and the fds it
+    must keep."""
+    generations, generation_fds = handover.driver.export_generations()
     control = handover.control
     receiver = handover.receiver
     state = {
@@ -173,139 +139,17 @@ def export_state(handover: Handover) -> tuple[dict[str, Any], list[int]]:
             "identity": receiver.identity,
         },
         "listeners": listeners_to_json(handover.listeners),
-        "generations": generations,
-        "last_reload": None if last is None else {**last.__dict__, "requests": ()},
+        "generations": generations["generations"],
+        "last_reload": generations["last_reload"],
         "upstream": handover.upstream.export(),
         "born": handover.born,
         "upgrades": handover.upgrades + 1,
         "recoveries": handover.recoveries,
         "recovered_at": list(handover.recovered_at),
-        "stopping": None if machine.phase is Phase.RUNNING else machine.exit_code,
-        "queued": machine.queued is not None,
-        "watchdog": _watchdog_to_json(handover.children),
+        "stopping": generations["stopping"],
+        "queued": generations["queued"],
+        "watchdog": generations["watchdog"],
     }
     fds = [control.fileno(), receiver.fileno()]
-    if handover.children.watchdog is not None:  # its pipe open across the exec: no EOF
-        fds.append(handover.children.watchdog.fileno())
     fds += [item.sock.fileno() for item in handover.listeners]
-    fds += [g["stderr_fd"] for g in generations if g["stderr_fd"] is not None]
-    return state, fds
-
-
-def unadoptable(machine: Generations, children: Children) -> list[Proc]:
-    """The generations still live whose leader was reaped already: their group
-    lingers, and only a pidfd of the leader could be handed over."""
-    procs = children.procs
-    live = [procs[g.number] for g in machine.in_state(*LIVE) if g.number in procs]
-    return [proc for proc in live if proc.status is not None]
-
-
-def adopt_generations(
-    state: Mapping[str, Any], children: Children, machine: Generations, upstream: Upstream
-) -> None:
-    """In the new process: watch the generations handed over and restore their states
-    (and, after a recovery, a stop or a follow-up reload under way)."""
-    handed_over = generations_from_json(state["generations"])
-    children.adopt_watchdog(state.get("watchdog"))
-    for gen, pid, stderr_fd in handed_over:
-        children.adopt(gen.number, pid, stderr_fd)
-    last = state["last_reload"]
-    last_reload = None if last is None else ReloadResult(**{**last, "requests": ()})
-    machine.restore([gen for gen, _, _ in handed_over], last_reload)
-    if state.get("queued"):
-        machine.queued = ()
-    if state.get("stopping") is not None:
-        machine.phase = Phase.STOPPING
-        machine.exit_code = int(state["stopping"])
-    upstream.restore(state["upstream"])
-
-
-def _watchdog_to_json(children: Children) -> dict[str, int] | None:
-    watchdog = children.watchdog
-    return None if watchdog is None else {"pid": watchdog.pid, "fd": watchdog.fileno()}
-
-
-def config_to_json(config: ManagerConfig) -> dict[str, Any]:
-    return {
-        "command": list(config.command),
-        "control_path": config.control_path,
-        "pid_file": config.pid_file,
-        "ready": config.ready.text,
-        "ready_timeout": config.ready_timeout,
-        "drain_timeout": config.drain_timeout,
-        "stop_signal": int(config.stop_signal),
-        "log_format": config.log_format,
-        "shutdown_delay": config.shutdown_delay,
-    }
-
-
-def config_from_json(value: Mapping[str, Any], control_path: str) -> ManagerConfig:
-    """The settings of the replaced manager; its binds are open sockets by now."""
-    return ManagerConfig(
-        command=value["command"],
-        control_path=control_path,
-        pid_file=value["pid_file"],
-        ready=ReadyMode.parse(value["ready"]),
-        ready_timeout=value["ready_timeout"],
-        drain_timeout=value["drain_timeout"],
-        stop_signal=signal.Signals(value["stop_signal"]),
-        log_format=value["log_format"],
-        shutdown_delay=value.get("shutdown_delay", 0.0),
-    )
-
-
-def listeners_to_json(listeners: Sequence[Listener]) -> list[dict[str, Any]]:
-    return [
-        {"fd": item.sock.fileno(), "name": item.name, "stamp": stamp_to_json(item.stamp)}
-        for item in listeners
-    ]
-
-
-def listeners_from_json(value: Sequence[Mapping[str, Any]]) -> list[Listener]:
-    return [
-        Listener(item["name"], adopt_listener(item["fd"]), stamp_from_json(item["stamp"]))
-        for item in value
-    ]
-
-
-def generations_to_json(
-    generations: Sequence[Generation], procs: Mapping[int, Proc]
-) -> list[dict[str, Any]]:
-    """The live generations (leaders not yet reaped) with their pid and stderr pipe."""
-    result = []
-    for gen in generations:
-        proc = procs[gen.number]
-        result.append(
-            {
-                "number": gen.number,
-                "state": gen.state.value,
-                "started": gen.started,
-                "ready_deadline": gen.ready_deadline,
-                "ready_at": gen.ready_at,
-                "drain_deadline": gen.drain_deadline,
-                "pid": proc.pid,
-                "stderr_fd": proc.child.stderr_fd,
-            }
-        )
-    return result
-
-
-def generations_from_json(
-    value: Sequence[Mapping[str, Any]],
-) -> list[tuple[Generation, int, int | None]]:
-    """``(generation, leader pid, stderr fd)`` for each generation handed over."""
-    return [
-        (
-            Generation(
-                number=item["number"],
-                state=GenState(item["state"]),
-                started=item["started"],
-                ready_deadline=item["ready_deadline"],
-                ready_at=item["ready_at"],
-                drain_deadline=item["drain_deadline"],
-            ),
-            item["pid"],
-            item["stderr_fd"],
-        )
-        for item in value
-    ]
+    return state, fds + generation_fds

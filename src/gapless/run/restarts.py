@@ -21,7 +21,7 @@ Example (what the manager does)::
     restarts = Restarts(config, environ, log, selector, upstream, lifeline=None)
     taken = restarts.take_over()              # before opening the binds
     ...open listeners with taken, the control socket via restarts.control_server...
-    restarts.open(supervisor, listeners, control)
+    restarts.open(driver, listeners, control)
     # in the loop: restarts.wake_at(), restarts.tick(now), restarts.delay_stop(sig)
 """
 
@@ -43,9 +43,8 @@ from ..sockets.takeover import Taken, take_sockets
 from ..systemd.fdstore import fd_store_size, given_back_names, store_listeners
 from .config import Listener, ManagerConfig
 from .control import ControlServer
-from .driver import Supervisor
+from .driver import Driver
 from .eventlog import EventLog
-from .generations import Phase, StopRequested
 from .handoff_host import HandoffHost
 from .health import HealthEndpoint
 from .upstream import Upstream
@@ -89,7 +88,7 @@ class Restarts:
         self._taken_fds: set[int] = set()
         self._host: HandoffHost | None = None
         self._health: HealthEndpoint | None = None
-        self._supervisor: Supervisor | None = None
+        self._driver: Driver | None = None
         self._stop_at: float | None = None  # --shutdown-delay: the stop begins then
 
     # Start --------------------------------------------------------------------
@@ -134,9 +133,7 @@ class Restarts:
             sock.close()  # the new instance was given another --control
         return ControlServer(path, private_directory=private_directory)
 
-    def open(
-        self, supervisor: Supervisor, listeners: Sequence[Listener], control: ControlServer
-    ) -> None:
+    def open(self, driver: Driver, listeners: Sequence[Listener], control: ControlServer) -> None:
         """Serve the handoff socket, the health endpoint and the lifeline; store the
         listeners with systemd.
 
@@ -144,7 +141,7 @@ class Restarts:
             HandoffError: the handoff socket could not be bound.
             ListenError: the health endpoint could not be opened.
         """
-        self._supervisor = supervisor
+        self._driver = driver
         health_sock = self._lent.pop("health", None)
         if self.config.health_bind is not None:
             self._health = HealthEndpoint(
@@ -196,11 +193,10 @@ class Restarts:
     def tick(self, now: float) -> None:
         """Carry out what is due: retire the previous instance, begin a delayed or
         detached stop; keep the health endpoint's answer current."""
-        supervisor = self._supervisor
-        if supervisor is None:
+        driver = self._driver
+        if driver is None:
             return
-        machine = supervisor.machine
-        if self._taken is not None and machine.active is not None:
+        if self._taken is not None and driver.serving:
             self._finish_takeover(self._taken)
         if self._stop_at is not None and now >= self._stop_at:
             self._stop_at = None
@@ -208,19 +204,19 @@ class Restarts:
         if self._host is not None and self._host.due(now):
             self._stop(f"no instance took over within {self.config.handoff_timeout:g} s: draining")
         if self._health is not None:
-            if machine.phase is not Phase.RUNNING or self._stop_at is not None:
+            if not driver.running or self._stop_at is not None:
                 self._health.state = "draining"
-            elif machine.active is not None or self._taken is not None:
+            elif driver.serving or self._taken is not None:
                 self._health.state = "serving"
 
     def delay_stop(self, received: signal.Signals) -> bool:
         """On TERM or INT: True if the stop waits for ``--shutdown-delay`` (the
         first one only); False: stop now."""
         delay = self.config.shutdown_delay
-        supervisor = self._supervisor
-        if delay <= 0 or self._stop_at is not None or supervisor is None:
+        driver = self._driver
+        if delay <= 0 or self._stop_at is not None or driver is None:
             return False
-        if supervisor.machine.phase is not Phase.RUNNING:
+        if not driver.running:
             return False
         self._stop_at = time.monotonic() + delay
         self._upstream.stopping()
@@ -233,10 +229,9 @@ class Restarts:
         return True
 
     def _stop(self, why: str) -> None:
-        assert self._supervisor is not None
-        if self._supervisor.machine.phase is Phase.RUNNING:
-            self._log.event("stop", why)
-            self._supervisor.feed(StopRequested())
+        assert self._driver is not None
+        if self._driver.running:
+            self._driver.request_stop(why)
 
     # Handoff --------------------------------------------------------------------
 
@@ -245,8 +240,8 @@ class Restarts:
         self._selector.unregister(self._lifeline)
         os.close(self._lifeline)
         self._lifeline = None
-        assert self._supervisor is not None
-        if self._host is not None and self._supervisor.machine.phase is Phase.RUNNING:
+        assert self._driver is not None
+        if self._host is not None and self._driver.running:
             self._host.detach(time.monotonic() + self.config.handoff_timeout)
             self._log.event(
                 "detached",

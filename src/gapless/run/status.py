@@ -60,7 +60,7 @@ def summary(machine: Generations, children: Children) -> str:
         return f"stopping: {len(machine.in_state(*LIVE))} generation(s) left"
     parts = []
     for gen in machine.in_state(GenState.STARTING, GenState.ACTIVE):
-        proc = children.procs.get(gen.number)
+        proc = children.process(gen.number)
         pid = f" (pid {proc.pid})" if proc else ""
         parts.append(f"generation {gen.number} {gen.state.value}{pid}")
     draining = len(machine.in_state(GenState.DRAINING, GenState.KILLED))
@@ -72,7 +72,7 @@ def summary(machine: Generations, children: Children) -> str:
 def _describe(
     gen: Generation, children: Children, counter: ConnectionCounter, now: float
 ) -> dict[str, Any]:
-    proc = children.procs.get(gen.number)
+    proc = children.process(gen.number)
     deadline = gen.drain_deadline if gen.state is GenState.DRAINING else None
     pids = group_members(proc.pid) if proc else []
     draining = gen.state in (GenState.DRAINING, GenState.KILLED)

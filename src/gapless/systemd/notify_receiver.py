@@ -14,20 +14,19 @@ import array
 import os
 import secrets
 import socket
-import struct
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import NotifyError
 from ..proc.procfs import stat_fields
+from ..sockets.credentials import UCRED, unpack_credentials
 from .notify import MAX_MESSAGE, notify_sockaddr, parse_message
 
 __all__ = ["Notification", "NotifyReceiver", "in_process_tree"]
 
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _SCM_MAX_FD = 253  # the kernel's limit of fds in one SCM_RIGHTS message
-_ANCILLARY_SIZE = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(_SCM_MAX_FD * 4)
+_ANCILLARY_SIZE = socket.CMSG_SPACE(UCRED.size) + socket.CMSG_SPACE(_SCM_MAX_FD * 4)
 
 
 @dataclass(frozen=True)
@@ -204,8 +203,8 @@ def _fds_and_credentials(
             continue
         if kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-        elif kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
-            credentials = _UCRED.unpack_from(data)
+        elif kind == socket.SCM_CREDENTIALS:
+            credentials = unpack_credentials(data) or credentials
     return list(fds), credentials
 
 
