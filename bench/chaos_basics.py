@@ -82,7 +82,9 @@ def ask(path: str, cmd: str, timeout: float, **fields: Any) -> dict[str, Any]:
     request = json.dumps({"v": 1, "cmd": cmd, **fields}).encode() + b"\n"
     try:
         with connect_unix(path, timeout) as sock:
-            sock.sendall(request)
+            # A client refused at once (no fd left for it) is answered, then dropped.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)
             for line in sock.makefile("rb"):
                 answer: dict[str, Any] = json.loads(line)
                 if "progress" not in answer:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ class Chaos:
     flood: int = 3000
     kills: deque[float] = field(default_factory=deque)  # active generations killed, when
     service: Any = None  # chaos_supervised.Service, made at its first use
+    turns: Counter[str] = field(default_factory=Counter)  # injections so far, by kind
 
 
 @dataclass(frozen=True)

@@ -194,8 +194,9 @@ def restart(chaos: Chaos, record: FaultRecord, still_running: list[int], since: 
 
 def fd_exhaustion(chaos: Chaos, record: FaultRecord) -> None:
     """RLIMIT_NOFILE lowered to what is open plus one: a reload (its client takes the
-    last fd), a health probe (--health) left pending for --stop-for, idle control
-    clients and a status; then the limit is restored and the probe must be answered."""
+    last fd), idle control clients (the first keeps the last fd), a health probe
+    (--health) left pending for --stop-for, a status; then the limit comes back and
+    the probe must be answered."""
     target = chaos.target
     pid = target.pid
     limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
@@ -207,18 +208,13 @@ def fd_exhaustion(chaos: Chaos, record: FaultRecord) -> None:
     try:
         answer = target.call("reload", timeout=target.config.ready_timeout + TIMEOUT)
         record.notes.append("reload out of fds: " + ("ok" if answer.get("ok") else "refused"))
-        if target.health_port is not None:
-            held.append(socket.create_connection(("127.0.0.1", target.health_port), TIMEOUT))
-            held[0].sendall(b"GET / HTTP/1.1\r\nHost: chaos\r\n\r\n")
-            cpu, began = _cpu_seconds(pid), time.monotonic()
-            _HOLD.wait(chaos.stop_for)  # how long the probe waits out of fds: the fault
-            spent, wall = _cpu_seconds(pid) - cpu, time.monotonic() - began
-            if spent > 0.5 * wall:
-                record.problems.append(
-                    f"the manager spun out of fds: {spent:.2f} s CPU in {wall:.2f} s"
-                )
         held += [connect_unix(target.control, TIMEOUT) for _ in range(3)]
-        target.status()
+        answer = target.status()
+        record.notes.append("status out of fds: " + ("ok" if answer.get("ok") else "refused"))
+        if target.health_port is not None:
+            probe = socket.create_connection(("127.0.0.1", target.health_port), TIMEOUT)
+            held.insert(0, probe)
+            _pending_probe(chaos, record, probe)
     finally:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
         for sock in held[1:] if target.health_port is not None else held:
@@ -227,6 +223,17 @@ def fd_exhaustion(chaos: Chaos, record: FaultRecord) -> None:
         with held[0]:
             if not _recv_some(held[0]).startswith(b"HTTP/1.1 200"):
                 raise FaultProblem("the health probe sent out of fds was not answered 200")
+
+
+def _pending_probe(chaos: Chaos, record: FaultRecord, probe: socket.socket) -> None:
+    """A health probe the manager has no fd to accept: it must wait, not spin."""
+    pid = chaos.target.pid
+    probe.sendall(b"GET / HTTP/1.1\r\nHost: chaos\r\n\r\n")
+    cpu, began = _cpu_seconds(pid), time.monotonic()
+    _HOLD.wait(chaos.stop_for)  # how long the probe waits out of fds: the fault
+    spent, wall = _cpu_seconds(pid) - cpu, time.monotonic() - began
+    if spent > 0.5 * wall:
+        record.problems.append(f"the manager spun out of fds: {spent:.2f} s CPU in {wall:.2f} s")
 
 
 def _cpu_seconds(pid: int) -> float:

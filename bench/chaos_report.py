@@ -7,13 +7,16 @@ again (one generation, active). Inside it, a request counts as:
 * *not serving*: sent while nothing was meant to serve, from an intended stop
   (TERM or SIGKILL to the manager) until the next manager's generation 1 was
   ready; failures there are expected and reported apart;
-* *in flight at a kill*: failed, sent before a kill or stop of the process that
-  held it and ended after it (nothing outside that process can save it);
-* else it was sent while a generation served, and must not fail: the goal.
+* *in flight at a kill*: failed, sent before a deliberate kill or stop of what
+  served and ended after it, whichever fault's it was (nothing outside that
+  process can save a request it held);
+* else it was sent while a generation served, and must not fail: the goal. A
+  failure is charged to the fault in whose window the request was sent, unless
+  it failed in a later window whose fault took the manager down: then to that.
 
 wrk cannot time its requests, so it runs per window, never across an intended
-stop; in a window that kills the serving process, at most one failure per wrk
-connection is put down to the kill.
+stop of the manager; in a window that kills the serving process, at most one
+failure per wrk connection and kill is put down to the kill.
 """
 
 from __future__ import annotations
@@ -73,14 +76,25 @@ def tally(
         t = tallies.setdefault(record.kind, Tally())
         _count_fault(t, record, wrk_connections)
     begins = [record.begin for record in records]
+
+    def window(when: float) -> FaultRecord | None:
+        index = bisect.bisect_right(begins, when) - 1
+        return records[index] if index >= 0 and when < records[index].end else None
+
+    kills = sorted(hit for record in records for hit in record.kills)
     for sample in samples:
         sent = t0 + sample.start
-        index = bisect.bisect_right(begins, sent) - 1
-        record = records[index] if index >= 0 and sent < records[index].end else None
-        kind = record.kind if record is not None else NO_FAULT
-        t = tallies.setdefault(kind, Tally())
-        _count_request(t, record, sample, sent)
-        if t.failed_serving > len(t.examples) and len(t.examples) < 10:
+        record = window(sent)
+        t = tallies.setdefault(NO_FAULT if record is None else record.kind, Tally())
+        if not _count_request(t, record, sample, sent, kills):
+            continue
+        # Cut short by a later fault that took the manager down: that fault's doing.
+        failed_in = window(sent + sample.latency)
+        if failed_in is not None and failed_in.manager_died and failed_in is not record:
+            record, t = failed_in, tallies[failed_in.kind]
+        t.failed_serving += 1
+        t.outcomes[sample.outcome] += 1
+        if len(t.examples) < 10:
             index = -1 if record is None else record.index
             t.examples.append(
                 (index, round(sample.start, 3), sample.outcome, round(sample.latency, 3))
@@ -110,29 +124,65 @@ def _count_fault(t: Tally, record: FaultRecord, wrk_connections: int) -> None:
         t.wrk_failed_serving += failed - excused
 
 
-def _count_request(t: Tally, record: FaultRecord | None, sample: Sample, sent: float) -> None:
+def _count_request(
+    t: Tally, record: FaultRecord | None, sample: Sample, sent: float, kills: list[float]
+) -> bool:
+    """Count one request; True if it failed while a generation was meant to serve."""
     t.requests += 1
     failed = sample.outcome != "ok"
     if record is not None and any(start <= sent < end for start, end in record.outages):
         t.not_serving += 1
         t.not_serving_failed += int(failed)
-        return
+        return False
     if not failed:
-        return
-    if record is not None and any(sent < hit <= sent + sample.latency for hit in record.kills):
+        return False
+    # Any kill counts, a later fault's too: a request the server held back (stopped
+    # with SIGSTOP, say) can still be in flight when the next fault kills it.
+    first_after = bisect.bisect_right(kills, sent)
+    if first_after < len(kills) and kills[first_after] <= sent + sample.latency:
         t.in_flight += 1
-    else:
-        t.failed_serving += 1
-        t.outcomes[sample.outcome] += 1
+        return False
+    return True
 
 
-def goals(tallies: dict[str, Tally], left_at_end: list[str]) -> dict[str, bool]:
+@dataclass
+class Image:
+    """One manager image: from a start (or an upgrade in place) to the next."""
+
+    first_fault: int
+    faults: int
+    fds: tuple[int, int]  # after its first fault, after its last
+    rss_kb: tuple[int, int]
+
+
+def longest_image(records: Sequence[FaultRecord]) -> Image | None:
+    """The manager image that lived through the most faults: where growth shows."""
+    images: list[Image] = []
+    for record in records:
+        if record.image_changed or record.manager_died or not images:
+            images.append(Image(record.index, 0, (record.fds_after,) * 2, (record.rss_after,) * 2))
+        else:
+            image = images[-1]
+            image.fds, image.rss_kb = (
+                (image.fds[0], record.fds_after),
+                (image.rss_kb[0], record.rss_after),
+            )
+        images[-1].faults += 1
+    return max(images, key=lambda image: image.faults, default=None)
+
+
+def goals(
+    tallies: dict[str, Tally], left_at_end: list[str], image: Image | None, rss_slack_kb: int
+) -> dict[str, bool]:
     every = list(tallies.values())
+    flat_fds = image is None or image.fds[1] <= image.fds[0]
+    flat_rss = image is None or image.rss_kb[1] - image.rss_kb[0] <= rss_slack_kb
     return {
         "no failed request while a generation served": all(t.failed == 0 for t in every),
         "manager alive after every fault": all(t.alive_after == t.injected for t in every),
         "every fault had the outcome expected": all(t.problems == 0 for t in every),
-        "fds flat": sum(t.fd_delta for t in every) <= 0,
+        "fds flat": sum(t.fd_delta for t in every) <= 0 and flat_fds,
+        f"RSS flat (the longest-lived manager grew {rss_slack_kb} kB at most)": flat_rss,
         "no zombie, nothing left behind": not left_at_end
         and all(t.zombies == 0 and t.left_behind == 0 for t in every),
     }
@@ -198,9 +248,11 @@ def to_json(
         item["kills"] = [round(when - t0, 3) for when in record.kills]
         item["outages"] = [[round(when - t0, 3) for when in pair] for pair in record.outages]
         faults.append(item)
+    image = longest_image(records)
     return {
         "config": config,
-        "goals": goals(tallies, left_at_end),
+        "goals": goals(tallies, left_at_end, image, int(config.get("rss_slack_kb", 1024))),
+        "longest_image": None if image is None else asdict(image),
         "kinds": kinds,
         "left_at_end": left_at_end,
         "faults": faults,

@@ -64,7 +64,7 @@ def app(environ, start_response):
 class TargetConfig:
     workdir: Path
     server: str = "demo"  # or "gunicorn"
-    ready_timeout: float = 3.0
+    ready_timeout: float = 2.0
     drain_timeout: float = 10.0
     pid_dir: Path | None = None  # a small tmpfs, for the full-disk fault
     log_path: Path | None = None  # the whole manager log, else only its tail is kept
