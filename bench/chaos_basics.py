@@ -141,6 +141,23 @@ def reap_adopted(leaders: set[int]) -> None:
                 os.waitpid(pid, os.WNOHANG)
 
 
+def our_processes(groups: set[int]) -> list[int]:
+    """Live descendants of the campaign in one of ``groups``: the generations' processes
+    (a dead manager's come to the campaign, a child subreaper). Other processes in a
+    group of the same number are not ours: pids are reused in a long campaign."""
+    stats = {pid: fields for pid, fields in all_stats()}
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    found, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if stats[pid][0] != b"Z" and int(stats[pid][2]) in groups:
+            found.append(pid)
+    return sorted(found)
+
+
 def kill_groups(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -150,7 +167,8 @@ def kill_groups(pids: list[int]) -> None:
 
 
 def port_holders(port: int) -> set[int]:
-    """Processes holding a socket that listens on ``port`` (from /proc/net/tcp)."""
+    """Processes holding a socket that listens on ``port`` (from /proc/net/tcp): a
+    foreign one too, which then blocks the next manager's bind."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as rows:

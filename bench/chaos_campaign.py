@@ -18,12 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_basics import TIMEOUT, FaultProblem, FaultRecord, kill_groups, wait_pids
+from chaos_basics import (
+    TIMEOUT,
+    FaultProblem,
+    FaultRecord,
+    kill_groups,
+    our_processes,
+    wait_pids,
+)
 from chaos_target import Target
 
 from gapless.bench.wrk import lua_script, parse_report, wrk_path
 from gapless.errors import BenchError
-from gapless.proc.procfs import all_stats
 
 
 @dataclass
@@ -75,9 +81,16 @@ class WrkWindow:
             yield
         finally:
             process.send_signal(signal.SIGINT)
-            output, _ = process.communicate(timeout=TIMEOUT)
-            report = parse_report(output).to_json()
-            record.wrk = {key: report[key] for key in ("requests", "socket_errors", "non_2xx")}
+            try:
+                output, _ = process.communicate(timeout=TIMEOUT)
+                report = parse_report(output).to_json()
+            except (subprocess.TimeoutExpired, BenchError) as exc:
+                process.kill()
+                process.communicate()
+                record.problems.append(f"wrk: {exc}")
+            else:
+                keys = ("requests", "socket_errors", "non_2xx")
+                record.wrk = {key: report[key] for key in keys}
 
 
 @dataclass
@@ -148,10 +161,13 @@ class Campaign:
         target = self.chaos.target
         record.manager_died = f"{how}:\n{target.tail()}"
         record.inject_at = record.inject_at or time.monotonic()
-        leaders = target.leaders
-        alive = [pid for pid, f in all_stats() if f[0] != b"Z" and int(f[2]) in leaders]
-        kill_groups(wait_pids(alive, target.config.drain_timeout + TIMEOUT))
-        record.left_behind += [f"pid {pid}: {line}" for pid, line in target.left_behind().items()]
+        alive = our_processes(target.leaders)
+        # Its generations drain (PR_SET_PDEATHSIG) or were killed: what still runs
+        # after the drain timeout was left behind.
+        wait_pids(alive, target.config.drain_timeout + TIMEOUT)
+        left = target.left_behind()
+        record.left_behind += [f"pid {pid}: {line}" for pid, line in left.items()]
+        kill_groups(list(left))
         target.start()
         record.image_changed = True
         self.chaos.kills.clear()

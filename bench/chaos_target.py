@@ -31,6 +31,7 @@ from chaos_basics import (
     ask,
     cmdline,
     free_port,
+    our_processes,
     port_holders,
     reap_adopted,
     wait_pids,
@@ -338,6 +339,5 @@ class Target:
         """Processes of any generation still alive, and holders of the listening port
         (pid: command line), once no manager runs; adopted zombies are reaped first."""
         reap_adopted(self.leaders)
-        found = {pid for pid, f in all_stats() if f[0] != b"Z" and int(f[2]) in self.leaders}
-        found |= port_holders(self.port)
+        found = set(our_processes(self.leaders)) | port_holders(self.port)
         return {pid: cmdline(pid) for pid in sorted(found)}
