@@ -251,8 +251,8 @@ def _summary(report: dict[str, Any], faults: int) -> str:
     if image := report["longest_image"]:
         lines.append(
             f"  the longest-lived manager went through {image['faults']} faults (from fault "
-            f"{image['first_fault']}): fds {image['fds'][0]} -> {image['fds'][1]}, "
-            f"RSS {image['rss_kb'][0]:,} -> {image['rss_kb'][1]:,} kB"
+            f"{image['first_fault']}): fds {' -> '.join(map(str, image['fds']))}, RSS "
+            f"{' -> '.join(f'{kb:,}' for kb in image['rss_kb'])} kB (first, a tenth in, last)"
         )
     lines += [f"  left behind at the end: {item}" for item in report["left_at_end"]]
     return "\n".join(lines)

@@ -57,6 +57,12 @@ class Kind:
     stops_manager: bool = False  # intended: nothing serves until a new manager is ready
 
 
+_NOTHING = (
+    'WRK_JSON {"requests": 0, "duration_us": 0, "bytes": 0, "connect": 0, "read": 0, '
+    '"write": 0, "timeout": 0, "non_2xx": 0}'
+)
+
+
 class WrkWindow:
     """wrk over one fault window, stopped with SIGINT (it reports as at its end)."""
 
@@ -83,6 +89,8 @@ class WrkWindow:
             process.send_signal(signal.SIGINT)
             try:
                 output, _ = process.communicate(timeout=TIMEOUT)
+                if process.returncode == -signal.SIGINT and not output:
+                    output = _NOTHING  # SIGINT came before wrk's handler: no request yet
                 report = parse_report(output).to_json()
             except (subprocess.TimeoutExpired, BenchError) as exc:
                 process.kill()

@@ -31,7 +31,8 @@ from chaos_basics import (
     wait_pids,
 )
 from chaos_campaign import Chaos
-from chaos_target import ManagerLog, Target
+from chaos_log import ManagerLog
+from chaos_target import Target
 
 from gapless.run.generations import CRASH_LIMIT, CRASH_WINDOW
 

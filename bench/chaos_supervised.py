@@ -27,7 +27,8 @@ from typing import Any
 
 from chaos_basics import PYTHON, TIMEOUT, FaultProblem, FaultRecord, ask, kill_groups, wait_pids
 from chaos_campaign import Chaos
-from chaos_target import ManagerLog, Target
+from chaos_log import ManagerLog
+from chaos_target import Target
 
 
 def available() -> bool:
