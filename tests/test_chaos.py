@@ -1,0 +1,121 @@
+"""The fault campaign, CI-sized: 30 faults drawn with seed 1, every kind at least once.
+
+bench/chaos.py runs 1,000 (docs/reliability.md, "Fault campaign"); this runs the
+same script once for the module, under its open-loop prober and wrk, and checks
+each kind of fault against the goals: no request failed while a generation was
+serving, the manager alive after every fault (the same process, unless the fault
+was a stop), every fault with the outcome expected, no fd more in the manager,
+no zombie and nothing left behind.
+
+Kinds that fail on main because of a bug fixed on another branch of issue 10 are
+marked xfail (not strict) with the bug named: remove the mark once it is merged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+SCRIPT = Path(__file__).parent.parent / "bench" / "chaos.py"
+FAULTS = 30
+KINDS = (
+    "kill-generation", "stop-generation", "hang-on-start", "crash-on-start", "reload",
+    "reload-storm", "upgrade", "term-mid-reload", "kill-manager", "garbage",
+    "never-reading", "idle-1000", "oversized-line", "wrong-types", "hypothesis-json",
+    "notify-flood", "fd-exhaustion", "pid-file-full", "supervised-kill",
+)  # fmt: skip
+BUG_1 = (
+    "issue 10, bug 1: a control client dropped by ControlConnection.send stays registered "
+    "in the selector; the next client given its fd number raises KeyError out of "
+    "Manager.run, which kills every generation"
+)
+BUGS = {
+    "never-reading": BUG_1,
+    "notify-flood": BUG_1 + " (here the client is a reload subscriber fed log lines)",
+    "wrong-types": (
+        "issue 10, bug 2: upgrade with python 'a\\u0000b' raises ValueError in subprocess, "
+        "out of Manager.run: the manager dies and its generations with it"
+    ),
+    "pid-file-full": (
+        "an upgrade while the PID file's filesystem is full: the re-executed manager "
+        "cannot rewrite its PID file, exits 1 and its generations die"
+    ),
+}
+
+
+def run_campaign(out: Path, *options: str) -> dict[str, Any]:
+    argv = [sys.executable, str(SCRIPT), *options, "--json", str(out), "--quiet"]
+    if shutil.which("wrk") is None:
+        argv.append("--no-wrk")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert out.exists(), f"exit {result.returncode}:\n{result.stdout}\n{result.stderr[-4000:]}"
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("chaos") / "chaos.json"
+    return run_campaign(out, "--faults", str(FAULTS), "--seed", "1")
+
+
+def problems(campaign: dict[str, Any], kind: str) -> list[str]:
+    found = []
+    for fault in campaign["faults"]:
+        if fault["kind"] == kind:
+            found += fault["problems"] + ([fault["manager_died"]] if fault["manager_died"] else [])
+    return found
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(kind, marks=pytest.mark.xfail(reason=BUGS[kind], strict=False))
+        if kind in BUGS
+        else kind
+        for kind in KINDS
+    ],
+)
+def test_each_fault_kind_leaves_the_service_and_the_manager_whole(
+    campaign: dict[str, Any], kind: str
+) -> None:
+    if kind not in campaign["config"]["kinds"]:
+        pytest.skip(f"{kind} was left out: it needs root, a tmpfs or runit")
+    tally = campaign["kinds"][kind]
+    assert tally["injected"] >= 1
+    assert tally["failed"] == 0, f"failed while serving: {tally['examples']}"
+    assert tally["alive_after"] == tally["injected"], problems(campaign, kind)
+    assert tally["problems"] == 0, problems(campaign, kind)
+    assert tally["fd_delta"] <= 0
+    assert tally["zombies"] == 0 and tally["left_behind"] == 0
+
+
+def test_the_campaign_ran_every_fault_and_left_nothing_behind(campaign: dict[str, Any]) -> None:
+    assert len(campaign["faults"]) == FAULTS
+    assert campaign["left_at_end"] == []
+    between = campaign["kinds"].get("(between faults)", {"failed": 0})
+    assert between["failed"] == 0
+    assert sum(tally["requests"] for tally in campaign["kinds"].values()) > 1000
+
+
+@pytest.mark.xfail(
+    reason="issue 10, hardening: the health endpoint keeps no spare fd, so a probe "
+    "pending at EMFILE keeps its socket readable and the manager's loop spins",
+    strict=False,
+)
+def test_out_of_fds_a_pending_health_probe_waits_and_the_manager_does_not_spin(
+    tmp_path: Path,
+) -> None:
+    options = ["--health", "--kinds", "fd-exhaustion,reload", "--faults", "4", "--seed", "1"]
+    report = run_campaign(tmp_path / "chaos.json", *options)
+    tally = report["kinds"]["fd-exhaustion"]
+    assert tally["injected"] == 2 and tally["failed"] == 0
+    assert tally["problems"] == 0, problems(report, "fd-exhaustion")
