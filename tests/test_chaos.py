@@ -7,8 +7,7 @@ serving, the manager alive after every fault (the same process, unless the fault
 was a stop), every fault with the outcome expected, no fd more in the manager,
 no zombie and nothing left behind.
 
-Kinds that fail on main because of a bug fixed on another branch of issue 10 are
-marked xfail (not strict) with the bug named: remove the mark once it is merged.
+Each kind that once failed names its fix in docs/reliability.md ("Fault campaign").
 """
 
 from __future__ import annotations
@@ -32,23 +31,6 @@ KINDS = (
     "never-reading", "idle-1000", "oversized-line", "wrong-types", "hypothesis-json",
     "notify-flood", "fd-exhaustion", "pid-file-full", "supervised-kill",
 )  # fmt: skip
-BUG_1 = (
-    "issue 10, bug 1: a control client dropped by ControlConnection.send stays registered "
-    "in the selector; the next client given its fd number raises KeyError out of "
-    "Manager.run, which kills every generation"
-)
-BUGS = {
-    "never-reading": BUG_1,
-    "notify-flood": BUG_1 + " (here the client is a reload subscriber fed log lines)",
-    "wrong-types": (
-        "issue 10, bug 2: upgrade with python 'a\\u0000b' raises ValueError in subprocess, "
-        "out of Manager.run: the manager dies and its generations with it"
-    ),
-    "pid-file-full": (
-        "an upgrade while the PID file's filesystem is full: the re-executed manager "
-        "cannot rewrite its PID file, exits 1 and its generations die"
-    ),
-}
 
 
 def run_campaign(out: Path, *options: str) -> dict[str, Any]:
@@ -75,15 +57,7 @@ def problems(campaign: dict[str, Any], kind: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(kind, marks=pytest.mark.xfail(reason=BUGS[kind], strict=False))
-        if kind in BUGS
-        else kind
-        for kind in KINDS
-    ],
-)
+@pytest.mark.parametrize("kind", KINDS)
 def test_each_fault_kind_leaves_the_service_and_the_manager_whole(
     campaign: dict[str, Any], kind: str
 ) -> None:
@@ -106,11 +80,6 @@ def test_the_campaign_ran_every_fault_and_left_nothing_behind(campaign: dict[str
     assert sum(tally["requests"] for tally in campaign["kinds"].values()) > 1000
 
 
-@pytest.mark.xfail(
-    reason="issue 10, hardening: the health endpoint keeps no spare fd, so a probe "
-    "pending at EMFILE keeps its socket readable and the manager's loop spins",
-    strict=False,
-)
 def test_out_of_fds_a_pending_health_probe_waits_and_the_manager_does_not_spin(
     tmp_path: Path,
 ) -> None:

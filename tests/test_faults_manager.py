@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import wait_exit
+from harness import get, wait_exit
 from manager_harness import (
     DEMO,
     PYTHON,
@@ -293,3 +293,22 @@ def test_a_pid_file_on_a_full_disk_is_a_one_line_error(tmp_path: Path) -> None:
         result = run_with_pid_file(tmp_path, pid_file)
     why = f"no space left on the filesystem of {str(directory)!r}; free some space"
     assert_pid_file_error(result, pid_file, why)
+
+
+@needs_root
+def test_an_upgrade_in_place_with_the_pid_file_disk_full_keeps_serving(tmp_path: Path) -> None:
+    """Found by the fault campaign: the resumed manager rewrote its PID file, failed
+    on the full disk and exited 1, taking its generations with it."""
+    with tmpfs("size=64k") as directory:
+        pid_file = directory / "gapless.pid"
+        with running(tmp_path, DEMO, "--pid-file", str(pid_file)) as manager:
+            generation = manager.status()["generations"][0]["pid"]
+            fill(directory)
+            assert manager.call("upgrade")["ok"]
+            manager.wait_line(rf"resumed in place as pid {manager.process.pid}")
+            status = manager.status()
+            assert status["generations"][0]["pid"] == generation
+            assert pid_file.read_text() == f"{manager.process.pid}\n"
+            assert get(manager.port).status == 200
+            manager.call("stop")
+            assert manager.wait() == 0

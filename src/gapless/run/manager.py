@@ -43,7 +43,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._version import __version__
-from ..proc.pidfile import remove_pid_file, write_pid_file
+from ..errors import PidFileError
+from ..proc.pidfile import read_pid_file, remove_pid_file, write_pid_file
 from ..proc.subreaper import set_child_subreaper
 from ..proc.wakeup import SignalWakeup
 from ..sockets.listeners import listener_address, remove_unix_path
@@ -226,11 +227,26 @@ class Manager:
         # the PID file is written before generation 1: a failure then starts nothing.
         self._catch_signals(stack)
         if self.config.pid_file is not None:
-            write_pid_file(self.config.pid_file)
+            self._claim_pid_file(self.config.pid_file)
             stack.callback(remove_pid_file, self.config.pid_file)
         self._driver.start(self._listeners, receiver, boot=self._resume is None)
         if self._resume is not None:
             self._driver.adopt(self._resume)
+
+    def _claim_pid_file(self, path: str) -> None:
+        """Write the PID file; raises PidFileError before generation 1 only. Resumed
+        in place (same pid, generations serving), a file that cannot be rewritten is a
+        warning: the one there names this pid already, unless someone changed it."""
+        if self._resume is None:
+            write_pid_file(path)
+            return
+        with contextlib.suppress(PidFileError):
+            if read_pid_file(path) == os.getpid():
+                return
+        try:
+            write_pid_file(path)
+        except PidFileError as exc:
+            self._log.event("warning", f"{exc}; serving on without it")
 
     def _open_sockets(self, stack: contextlib.ExitStack) -> NotifyReceiver:
         state = self._resume
