@@ -217,7 +217,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         **_restart_settings(args),
     )
     if config.handoff_path is not None:
-        from .run.front import run_front
+        from .run.extras.front import run_front
 
         return run_front(config)
     return Manager(config).run()

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
         **(restarts or {}),
     )
     if config.handoff_path is not None:
-        from ..run.front import run_front
+        from ..run.extras.front import run_front
 
         return run_front(config)
     return Manager(config).run()
