@@ -1,5 +1,8 @@
 """``gapless run``: the manager that holds the sockets and runs generations of a server.
 
+Over 300 lines, a third of them this docstring: setup, the select loop and the
+signal and command dispatch read as one story; the features live in run/extras.
+
 The manager opens the listening sockets once and keeps them for its whole life;
 each generation of the server gets them as ``LISTEN_FDS`` (fd 3 onward) with a
 ``NOTIFY_SOCKET`` of the manager's. A reload starts the next generation beside
