@@ -1,4 +1,4 @@
-"""The readiness endpoint (gapless.run.health): 503 starting, 200 serving, 503 draining."""
+"""The readiness endpoint (gapless.run.extras.health): 503 starting, 200 serving, 503 draining."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from manager_harness import DEMO, running
 
-from gapless.run.health import HealthEndpoint
+from gapless.run.extras.health import HealthEndpoint
 from gapless.sockets.addresses import TcpAddress, parse_bind
 
 TIMEOUT = 10.0

@@ -1,5 +1,8 @@
 """The OS side of the manager's generations: their processes, stderr and exits.
 
+A little over 300 lines: spawning, reaping and the watchdog share the one map of
+processes, whose reaping order is subtle; kept whole rather than split across it.
+
 :class:`Children` starts a generation with the listeners, registers its pidfd
 and stderr pipe in the manager's selector, forwards its stderr line by line
 (keeping the tail that explains a failure), reaps it without ever stealing the

@@ -42,7 +42,7 @@ class ManagerConfig:
     drain_timeout: float = 30.0
     stop_signal: signal.Signals = signal.SIGTERM
     log_format: str = "text"
-    handoff_path: str | None = None  # --handoff: None off; see gapless.run.restarts
+    handoff_path: str | None = None  # --handoff: None off; see gapless.run.extras.handoff
     handoff_timeout: float = 10.0
     shutdown_delay: float = 0.0
     health_bind: Bind | None = None

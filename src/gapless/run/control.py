@@ -1,5 +1,7 @@
 """The control socket of ``gapless run``, the manager's side: JSON lines over a
 unix stream socket (the protocol and the client: gapless.run.control_client).
+A few lines over 300: the server, a connection and the command table are one
+protocol end; the client side already lives apart.
 
 Every command is registered once, with its help text and the fields it takes,
 in a :class:`CommandTable`; ``{"v": 1, "cmd": "help"}`` lists them.

@@ -1,5 +1,9 @@
 """The generations of one command at work: the state machine fed with OS events.
 
+Over 300 lines on purpose: it is the one place where the pure machine meets the
+processes, and its event feeders, action handlers and the small interface its
+neighbours ask (running, request_stop, active_process...) share that state.
+
 :class:`Driver` owns the :class:`~gapless.run.generations.Generations` machine
 and the generations' processes. It turns what happens to them (an exit, a
 notify datagram, a readiness check, a deadline) into events, and carries out

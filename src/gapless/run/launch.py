@@ -3,7 +3,7 @@
 
 With a handoff socket (``--handoff``) the calling process becomes the front a
 supervisor watches and the manager runs in a forked child
-(:mod:`gapless.run.front`); otherwise the calling process is the manager.
+(:mod:`gapless.run.extras.front`); otherwise the calling process is the manager.
 
 Example::
 
@@ -24,7 +24,7 @@ def start(config: ManagerConfig) -> int:
         GaplessError: the manager could not start (a bind, the control socket).
     """
     if config.handoff_path is not None:
-        from .front import run_front
+        from .extras.front import run_front
 
         return run_front(config)
     from .manager import Manager

@@ -1,5 +1,8 @@
 """``gapless run``: the manager that holds the sockets and runs generations of a server.
 
+Over 300 lines, a third of them this docstring: setup, the select loop and the
+signal and command dispatch read as one story; the features live in run/extras.
+
 The manager opens the listening sockets once and keeps them for its whole life;
 each generation of the server gets them as ``LISTEN_FDS`` (fd 3 onward) with a
 ``NOTIFY_SOCKET`` of the manager's. A reload starts the next generation beside
@@ -62,12 +65,16 @@ from .control import (
 )
 from .driver import Driver
 from .eventlog import EventLog
+from .extras import Extra
+from .extras.fdstore import FdStore
+from .extras.handoff import Handoff
+from .extras.health import Health
+from .extras.shutdown_delay import ShutdownDelay
 from .faults import Faults
 from .generations import ReloadResult
 from .inplace import InPlace
 from .notify_socket import private_receiver
 from .reexec import Handover
-from .restarts import Restarts
 from .state import config_from_json, listeners_from_json, stamp_from_json
 from .upgrade_check import python_problem
 from .upstream import Upstream
@@ -94,7 +101,7 @@ class Manager:
             ``NOTIFY_SOCKET`` and ``LISTEN_*`` in it are the manager's own.
         resume: the state of the manager this one replaces in place; see :meth:`resume`.
         lifeline: with ``--handoff``, the pipe whose EOF says the supervised front
-            exited (see :mod:`gapless.run.front`).
+            exited (see :mod:`gapless.run.extras.front`).
     """
 
     def __init__(
@@ -112,9 +119,7 @@ class Manager:
         self._control_path = config.control_path or default_control_path()
         self._selector = selectors.DefaultSelector()
         self._log.attach(self._selector)  # lines a slow reader left wait for writability
-        self._restarts = Restarts(
-            config, self._environ, self._log, self._selector, self._upstream, lifeline
-        )
+        self._fdstore = FdStore(self._environ, self._upstream, self._log)  # takes FDSTORE out
         self._signals: SignalWakeup | None = None  # caught while run() runs
         self._unhandled: collections.deque[signal.Signals] = collections.deque()
         self._listeners: list[Listener] = []
@@ -133,13 +138,23 @@ class Manager:
             self._answer,
             self._faults,
         )
+        self._delay = ShutdownDelay(config.shutdown_delay, self._driver, self._log, self._upstream)
+        self._health = Health(
+            config.health_bind, self._selector, self._log, self._driver, self._delay
+        )
+        self._handoff = Handoff(
+            config, self._log, self._selector, self._driver, self._delay, self._health, lifeline
+        )
+        # Ticked in this order (the health endpoint's answer last) and closed in it too
+        # (the handoff first: it may disown paths a taker uses).
+        self._extras: tuple[Extra, ...] = (self._handoff, self._delay, self._health, self._fdstore)
         self._in_place = InPlace(
             self._log,
             self._selector,
             self._environ,
             self._upstream,
             self._handover,
-            self._restarts.upgrade_refusal,
+            self._upgrade_refusal,
             self._pending_signals,
             _HANDLED,
         )
@@ -196,19 +211,16 @@ class Manager:
     def _turn(self) -> None:
         """One turn of the loop: wait for the next event or deadline, handle it."""
         driver = self._driver
-        times = (
-            driver.wake_at(),
-            self._restarts.wake_at(),
-            self._clients.wake_at(),
-            self._in_place.wake_at(),
-        )
+        times = [driver.wake_at(), self._clients.wake_at(), self._in_place.wake_at()]
+        times += [extra.wake_at() for extra in self._extras]
         wake_at = min((when for when in times if when is not None), default=None)
         timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
         for key, _ in self._selector.select(timeout):
             key.data()
         now = time.monotonic()
         driver.tick(now)
-        self._restarts.tick(now)
+        for extra in self._extras:
+            extra.tick(now)
         self._clients.tick(now)
         self._in_place.tick(now)
         self._faults.check("loop")
@@ -251,12 +263,12 @@ class Manager:
     def _open_sockets(self, stack: contextlib.ExitStack) -> NotifyReceiver:
         state = self._resume
         if state is None:
-            taken = self._restarts.take_over()  # --handoff: a running instance's sockets
+            taken = self._handoff.take_over()  # --handoff: a running instance's sockets
             self._listeners = open_listeners(self.config.binds, self._environ, taken)
             # In the stack at once: its socket file must go if what follows fails.
             receiver = stack.enter_context(private_receiver(self._environ, self._log))
             private = self.config.control_path is None
-            control = self._restarts.control_server(self._control_path, private)
+            control = self._handoff.control_server(self._control_path, private)
         else:
             self._listeners = listeners_from_json(state["listeners"])
             notify = state["notify"]
@@ -277,8 +289,11 @@ class Manager:
         stack.callback(self._close_control)
         on_control = functools.partial(self._clients.accept, control)
         self._selector.register(control, selectors.EVENT_READ, on_control)
-        self._restarts.open(self._driver, self._listeners, control)
-        stack.callback(self._restarts.close)  # first: it may disown paths a taker uses
+        for extra in reversed(self._extras):  # first the handoff: it may disown paths
+            stack.callback(extra.close)
+        self._health.open(self._handoff.lent("health"), serving=self._handoff.taking_over)
+        self._handoff.serve(self._listeners, control)
+        self._fdstore.store(self._listeners)
         return receiver
 
     def _catch_signals(self, stack: contextlib.ExitStack) -> None:
@@ -321,7 +336,7 @@ class Manager:
                 self._commands.request_reload(None, "SIGHUP")
             elif received in _FORWARDED:
                 self._driver.forward(received)
-            elif not self._restarts.delay_stop(received):
+            elif not self._delay.delay_stop(received):
                 what = "requested" if self._driver.running else "hurried"
                 self._driver.request_stop(f"stop {what} by {received.name}", signal=received.name)
 
@@ -340,9 +355,19 @@ class Manager:
             "version": __version__,
             "upgrades": self._upgrades,
             "recoveries": self._recoveries,
-            "restarts": self._restarts.status(),
+            "restarts": self._restarts_status(),
         }
         connection.send(reply(True, **self._driver.status(self._listeners, about)))
+
+    def _restarts_status(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"handoff": None, "health": None, "shutdown_delay_left": None}
+        for extra in self._extras:
+            fields.update(extra.status())
+        return fields
+
+    def _upgrade_refusal(self) -> str | None:
+        refusals = (extra.upgrade_refusal() for extra in self._extras)
+        return next((refusal for refusal in refusals if refusal is not None), None)
 
     def _handover(self) -> Handover:
         return Handover(

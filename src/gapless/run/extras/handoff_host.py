@@ -26,10 +26,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import HandoffError
-from ..sockets.handoff import HandoffServer, HandoffSession, Offered
-from .control import ControlServer
-from .eventlog import EventLog
+from ...errors import HandoffError
+from ...sockets.handoff import HandoffServer, HandoffSession, Offered
+from ..control import ControlServer
+from ..eventlog import EventLog
 from .health import HealthEndpoint
 
 __all__ = ["HandoffHost"]

@@ -13,6 +13,9 @@ purpose is freed to accept the pending probe and answer it at once, so the
 socket does not stay readable and the loop does not spin (as the control
 socket does); an unexpected error in answering one probe drops that probe only.
 
+:class:`Health` is the manager's feature around the endpoint: what it answers
+follows the generations and the shutdown delay.
+
 Example::
 
     health = HealthEndpoint(parse_bind("127.0.0.1:8081"), selector)
@@ -29,11 +32,16 @@ import os
 import selectors
 import socket
 from collections.abc import Callable
+from typing import Any
 
-from ..sockets.addresses import Bind
-from ..sockets.listeners import listener_address, open_listener, remove_unix_path, stamp_unix_path
+from ...sockets.addresses import Bind
+from ...sockets.listeners import listener_address, open_listener, remove_unix_path, stamp_unix_path
+from ..driver import Driver
+from ..eventlog import EventLog
+from . import EXEC_REFUSAL, Extra
+from .shutdown_delay import ShutdownDelay
 
-__all__ = ["STATES", "HealthEndpoint"]
+__all__ = ["STATES", "Health", "HealthEndpoint"]
 
 #: The states and the HTTP status each one answers with.
 STATES = {"starting": 503, "serving": 200, "draining": 503}
@@ -196,3 +204,68 @@ class HealthEndpoint:
             self._sock.close()
             os.close(self._spare)
             remove_unix_path(self._stamp)
+
+
+class Health(Extra):
+    """``--health-bind``: the endpoint (None while off or closed) and its state.
+
+    Args:
+        bind: where to listen; None: off.
+        selector: the manager's.
+        log: the event log.
+        driver: serving or stopping: what the endpoint says.
+        shutdown_delay: while it runs, the endpoint says draining.
+    """
+
+    def __init__(
+        self,
+        bind: Bind | None,
+        selector: selectors.BaseSelector,
+        log: EventLog,
+        driver: Driver,
+        shutdown_delay: ShutdownDelay,
+    ) -> None:
+        self._bind = bind
+        self._selector = selector
+        self._log = log
+        self._driver = driver
+        self._delay = shutdown_delay
+        self.endpoint: HealthEndpoint | None = None
+
+    def open(self, sock: socket.socket | None, serving: bool) -> None:
+        """Open the endpoint, on ``sock`` if one was taken over; ``serving``: the
+        previous instance serves meanwhile.
+
+        Raises:
+            ListenError: the endpoint could not be opened.
+        """
+        if self._bind is None:
+            if sock is not None:
+                sock.close()  # not wanted by this instance's options
+            return
+        on_error = lambda message: self._log.event("warning", message)  # noqa: E731
+        self.endpoint = HealthEndpoint(self._bind, self._selector, sock, on_error)
+        if serving:
+            self.endpoint.state = "serving"
+        where = self.endpoint.address
+        self._log.event("health", f"health endpoint on {where}", address=str(where))
+
+    def tick(self, now: float) -> None:
+        """Keep the answer current (the shutdown delay and the handoff tick first)."""
+        if self.endpoint is None:
+            return
+        if not self._driver.running or self._delay.draining:
+            self.endpoint.state = "draining"
+        elif self._driver.serving:
+            self.endpoint.state = "serving"
+
+    def status(self) -> dict[str, Any]:
+        return {"health": None if self.endpoint is None else self.endpoint.state}
+
+    def upgrade_refusal(self) -> str | None:
+        return None if self.endpoint is None else EXEC_REFUSAL
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None

@@ -11,7 +11,7 @@ process the supervisor started stays a *front* that:
 * forwards HUP, INT, USR1 and USR2 to the manager (a reload, a real stop, ...);
 * on TERM exits at once with status 0, which closes the *lifeline* pipe: the
   manager sees EOF, serves on detached, and the next instance takes its sockets
-  over the handoff socket (gapless.run.restarts);
+  over the handoff socket (gapless.run.extras.handoff);
 * exits with the manager's status when the manager exits (``gapless stop``, a
   failed first start, SIGINT);
 * owns the PID file (``--pid-file``): it names the front, the process a
@@ -38,10 +38,10 @@ import select
 import signal
 import sys
 
-from ..proc.pidfile import remove_pid_file, write_pid_file
-from ..proc.wakeup import SignalWakeup
-from .config import ManagerConfig
-from .eventlog import EventLog
+from ...proc.pidfile import remove_pid_file, write_pid_file
+from ...proc.wakeup import SignalWakeup
+from ..config import ManagerConfig
+from ..eventlog import EventLog
 
 __all__ = ["run_front"]
 
@@ -60,7 +60,7 @@ def run_front(config: ManagerConfig) -> int:
         GaplessError: in the manager, as :meth:`Manager.run`; in the front, the PID
             file could not be written.
     """
-    from .manager import Manager
+    from ..manager import Manager
 
     if config.pid_file is not None:
         write_pid_file(config.pid_file)  # before the manager exists: a failure starts nothing
