@@ -89,8 +89,8 @@ class _Listener:
 
 @dataclass
 class _Attempt:
+    cancel: Cancel
     future: concurrent.futures.Future[int] = field(default_factory=concurrent.futures.Future)
-    cancel: Cancel = field(default_factory=Cancel)
 
 
 class Upgrader:
@@ -142,6 +142,7 @@ class Upgrader:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._signals: SignalDispatcher | None = None
         self._closed = False
+        self._new_cancel = Cancel  # a seam: tests act inside the upgrade's last steps
 
     # Listeners ---------------------------------------------------------------
 
@@ -296,7 +297,7 @@ class Upgrader:
             if isinstance(action, AnnounceReady):
                 self._announce_ready()
             elif isinstance(action, SpawnSuccessor):
-                self._attempt = _Attempt()
+                self._attempt = _Attempt(self._new_cancel())
                 threading.Thread(
                     target=self._run_attempt,
                     args=(self._attempt,),

@@ -47,6 +47,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import IllegalTransition
 from ..proc.spawn import ExitStatus
 from .events import (
     Action,
@@ -136,14 +137,6 @@ class Generation:
     @property
     def ready_latency(self) -> float | None:
         return None if self.ready_at is None else self.ready_at - self.started
-
-
-class IllegalTransition(RuntimeError):
-    """An event that cannot happen in this state: a bug in the driver."""
-
-    def __init__(self, where: str, event: Event) -> None:
-        super().__init__(f"event {event!r} is not allowed when {where}")
-        self.event = event
 
 
 @dataclass
