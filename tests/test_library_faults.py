@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -170,36 +171,37 @@ class StopAsTheCancelPipeCloses(Cancel):
             super().close()
             return
         self.acted = True
-        freed = set(os.listdir("/proc/self/fd"))
+        freed = {self.fileno(), self._write}
         super().close()
-        freed -= set(os.listdir("/proc/self/fd"))
-        held = self.take_fds({int(fd) for fd in freed}) if self.reuse else []
+        held = take_fds(freed, self.tmp_path) if self.reuse else []
+        self.files += [path for _, path in held]
         try:
             self.upgrader.stop()
         except BaseException as exc:
             self.stop_error = exc
         finally:
-            for fd in held:
+            for fd, _ in held:
                 os.close(fd)
 
-    def take_fds(self, numbers: set[int]) -> list[int]:
-        """Open files until they hold every fd number in ``numbers``; return those."""
-        held, others = [], []
-        for i in range(64):
-            path = self.tmp_path / f"someone-else-{i}"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC)
-            if fd in numbers:
-                self.files.append(path)
-                held.append(fd)
-                numbers.discard(fd)
-            else:
-                others.append(fd)
-            if not numbers:
-                break
-        for fd in others:
-            os.close(fd)
-        assert not numbers, "the freed fds were not reused"
-        return held
+
+def take_fds(numbers: set[int], directory: Path) -> list[tuple[int, Path]]:
+    """Open files until they hold every fd number in ``numbers``, as any thread
+    opening a file would; return those (fd, path), closing the others."""
+    held, others = [], []
+    for i in range(64):
+        path = directory / f"someone-else-{i}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC)
+        if fd in numbers:
+            held.append((fd, path))
+            numbers.discard(fd)
+        else:
+            others.append(fd)
+        if not numbers:
+            break
+    for fd in others:
+        os.close(fd)
+    assert not numbers, "the freed fds were not reused"
+    return held
 
 
 @pytest.mark.parametrize("reuse", [False, True], ids=["closed-fd", "reused-fd"])
@@ -318,3 +320,65 @@ def test_a_pid_file_that_cannot_be_removed_does_not_stop_the_exit(
         assert wait_exit(pid, TIMEOUT)
     finally:
         server.stop()
+
+
+# Cancel, on its own ----------------------------------------------------------------
+
+
+def test_cancel_set_after_close_writes_nothing_and_close_is_idempotent(tmp_path: Path) -> None:
+    cancel = Cancel()
+    pipe = {cancel.fileno(), cancel._write}
+    cancel.close()
+    held = take_fds(pipe, tmp_path)
+    try:
+        cancel.set()
+        cancel.close()
+        assert cancel.is_set()
+        assert [path.read_bytes() for _, path in held] == [b"", b""]
+    finally:
+        for fd, _ in held:
+            os.close(fd)
+
+
+def wait_inside(thread: threading.Thread, code: object) -> None:
+    """Until ``thread`` runs (or waits) inside the function whose code is ``code``."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None:
+            if frame.f_code is code:
+                return
+            frame = frame.f_back
+    raise AssertionError(f"thread {thread.name} never got inside {code}")
+
+
+def test_cancel_guard_refuses_once_set_and_set_waits_for_the_guarded_block() -> None:
+    cancel = Cancel()
+    inside, leave = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def guarded() -> None:
+        with cancel.unless_set():
+            inside.set()
+            leave.wait(TIMEOUT)
+            order.append("spawned")
+
+    def cancel_it() -> None:
+        cancel.set()
+        order.append("set returned")
+
+    worker = threading.Thread(target=guarded)
+    worker.start()
+    assert inside.wait(TIMEOUT)
+    setter = threading.Thread(target=cancel_it)
+    setter.start()
+    wait_inside(setter, Cancel.set.__code__)  # it stays there while the block runs
+    leave.set()
+    worker.join(TIMEOUT)
+    setter.join(TIMEOUT)
+    assert order == ["spawned", "set returned"], "set() returned during the spawn"
+    assert cancel.entered
+    refused = pytest.raises(UpgradeError, match="cancelled before the successor started")
+    with refused, cancel.unless_set():
+        pass
+    cancel.close()

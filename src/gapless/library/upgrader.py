@@ -69,6 +69,7 @@ from .lifecycle import (
 )
 from .listenerset import ListenerSet
 from .shutdown import hard_exit, release
+from .stopping import Stopping
 from .successor import Cancel, start_successor
 
 __all__ = ["DEFAULT_SIGNALS", "Upgrader"]
@@ -130,9 +131,8 @@ class Upgrader:
         # the workers it forks join it, and the hammer kills them with it.
         self._own_group = self._handshake.from_gapless and os.getpgrp() == os.getpid()
         self._attempt: Attempt | None = None
-        self._stopping = threading.Event()
+        self._stopping = Stopping()
         self._finished = threading.Event()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._signals: SignalDispatcher | None = None
         self._closed = False
         self._new_cancel = Cancel  # a seam: tests act inside the upgrade's last steps
@@ -198,13 +198,7 @@ class Upgrader:
 
     async def wait_stopping_async(self) -> None:
         """Await the moment this process must stop accepting."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            self._waiters.append((loop, future))
-        await future
+        await self._stopping.wait_async()
 
     def close(self) -> None:
         """Finish: close the listeners (unlinking unix paths only when no successor
@@ -378,7 +372,6 @@ class Upgrader:
                 notify(stopping=True, environ=self._environ)
         self.hooks.run("before_shutdown")
         self._stopping.set()
-        _wake(self._waiters)
 
     def _hammer(self, deadline: float) -> None:
         if self._finished.wait(max(0.0, deadline - time.monotonic())):
@@ -411,18 +404,6 @@ def _parse_signal_map(mapping: Mapping[str, str]) -> dict[signal.Signals, str]:
             )
         result[parse_signal(name)] = what
     return result
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
-    for loop, future in waiters:
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
-            loop.call_soon_threadsafe(_resolve, future)
-    waiters.clear()
 
 
 def _log_outcome(future: concurrent.futures.Future[int]) -> None:
