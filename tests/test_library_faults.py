@@ -4,6 +4,7 @@ with workers. Real processes; every wait is on an event with a timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,9 +21,14 @@ import pytest
 from harness import APPS, Supervised, start, wait_exit
 
 from gapless import UpgradeError, Upgrader, UpgradeRefusedError
+from gapless.library.stopping import Stopping
 from gapless.library.successor import Cancel
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    # A thread of the upgrader that dies (EBADF on a pipe closed under it) fails the test.
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+]
 
 TIMEOUT = 20.0
 
@@ -382,3 +388,42 @@ def test_cancel_guard_refuses_once_set_and_set_waits_for_the_guarded_block() -> 
     with refused, cancel.unless_set():
         pass
     cancel.close()
+
+
+# Stopping: the handover waits for asyncio servers to stop accepting --------------
+
+
+def test_stopping_is_acknowledged_once_the_awaiting_task_took_its_next_step() -> None:
+    stopping = Stopping()
+    steps: list[str] = []
+    loop = asyncio.new_event_loop()
+
+    async def server() -> None:
+        await stopping.wait_async()
+        steps.append("stopped accepting")  # as server.close() right after the await
+
+    task = loop.create_task(server())
+    loop_thread = threading.Thread(target=loop.run_until_complete, args=(task,))
+    loop_thread.start()
+    # Once this no-op ran on the loop, the server's first step (registering) is done.
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(TIMEOUT)
+    stopping.set()
+    assert stopping.wait_acknowledged(TIMEOUT)
+    assert steps == ["stopped accepting"]
+    loop_thread.join(TIMEOUT)
+    loop.close()
+
+
+def test_stopping_skips_a_closed_loop() -> None:
+    stopping = Stopping()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(_register(stopping))
+    loop.close()
+    stopping.set()  # no RuntimeError from the closed loop
+    assert stopping.wait_acknowledged(0)
+
+
+async def _register(stopping: Stopping) -> None:
+    task = asyncio.ensure_future(stopping.wait_async())
+    await asyncio.sleep(0)
+    task.cancel()

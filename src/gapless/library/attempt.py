@@ -52,8 +52,11 @@ class Attempt:
     def wait_cancelled(self) -> None:
         """After ``cancel.set()``: wait until a successor that was started is killed
         and reaped. One never started (the cancel came first) is not waited for, nor
-        is anything when called from this attempt's own thread (a hook)."""
-        if not self.cancel.entered or self._thread is threading.current_thread():
+        is an attempt that was not cancelled, nor anything when called from this
+        attempt's own thread (a hook)."""
+        if not (self.cancel.is_set() and self.cancel.entered):
+            return
+        if self._thread is threading.current_thread():
             return
         done, _ = concurrent.futures.wait([self.future], timeout=CANCEL_WAIT)
         if not done:

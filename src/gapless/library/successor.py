@@ -207,13 +207,23 @@ def _last_line(tail: StderrTail) -> str:
 
 
 def _forward_stderr_in_background(child: Child, tail: StderrTail) -> None:
-    """Until the successor takes over our stderr (GAPLESS_STDERR_FD), keep forwarding."""
-    fd = child.stderr_fd
+    """Until the successor takes over our stderr (GAPLESS_STDERR_FD), keep forwarding.
+
+    The pipe passes to the forwarding thread, which closes it at EOF: closing it
+    from here (a successor killed after all, a stop having raced its READY=1)
+    would pull the fd from under the read, or hand the read a reused number.
+    """
+    fd, child.stderr_fd = child.stderr_fd, None
+    assert fd is not None
 
     def pump() -> None:
-        assert fd is not None
-        os.set_blocking(fd, True)
-        while tail.pump(fd):
-            pass
+        try:
+            os.set_blocking(fd, True)
+            while tail.pump(fd):
+                pass
+        except OSError as exc:  # our stderr is gone (EPIPE): nothing to forward to
+            log.debug("stopped forwarding a successor's stderr: %s", exc)
+        finally:
+            os.close(fd)
 
     threading.Thread(target=pump, name="gapless-stderr", daemon=True).start()

@@ -17,7 +17,9 @@ configured command. It gets every listener as ``LISTEN_FDS`` and a
 Threads: signals are acted on by the dispatcher's thread, an upgrade runs on a
 thread of its own, the drain deadline (the "hammer") on a third. Every move of
 the lifecycle happens under one lock; the hammer takes none, so that nothing
-holding it (a hook blocked for ever) keeps a process past its deadline.
+holding it (a hook blocked for ever) keeps a process past its deadline. A hard
+exit (the deadline, a second stop request) runs no hook: see
+:mod:`gapless.library.shutdown`.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ from .stopping import Stopping
 from .successor import Cancel, start_successor
 
 __all__ = ["DEFAULT_SIGNALS", "Upgrader"]
+
+# How long the handover waits for asyncio servers to take the step after their
+# wait_stopping_async() (where they stop accepting): only a loop blocked by its
+# own code takes longer.
+_ACK_WAIT = 5.0
 
 log = logging.getLogger("gapless")
 
@@ -136,6 +143,7 @@ class Upgrader:
         self._signals: SignalDispatcher | None = None
         self._closed = False
         self._new_cancel = Cancel  # a seam: tests act inside the upgrade's last steps
+        self._pending_handover: HandOver | None = None
 
     # Listeners ---------------------------------------------------------------
 
@@ -219,6 +227,7 @@ class Upgrader:
                 final = self._machine.successor is None
                 attempt = self._attempt
         try:
+            self._deliver_handover()  # the server stopped accepting: it calls close()
             error = release(self._listeners.items, self.pid_file, final)
             self.hooks.run("after_shutdown")
         finally:
@@ -278,7 +287,7 @@ class Upgrader:
         with self._lock:
             self._carry_out(self._machine.handle(event, time.monotonic()))
 
-    def _carry_out(self, actions: list[Action]) -> None:
+    def _carry_out(self, actions: Sequence[Action]) -> None:
         for action in actions:
             _ACTIONS[type(action)](self, action)
 
@@ -349,16 +358,37 @@ class Upgrader:
                 self._carry_out(actions)
             except Exception:
                 log.exception("while acting on the upgrade's outcome")
-        return any(isinstance(action, HandOver) for action in actions)
+        if self._pending_handover is None:
+            return any(isinstance(action, HandOver) for action in actions)
+        # Without the lock: an asyncio server stops accepting on its own loop,
+        # whose next step may call close(), which takes the lock and delivers the
+        # handover itself if it comes first.
+        if not self._stopping.wait_acknowledged(_ACK_WAIT):
+            log.warning("an event loop did not take the stop within %g s", _ACK_WAIT)
+        self._deliver_handover()
+        return True
 
     def _hand_over(self, action: HandOver) -> None:
-        pid = action.pid
-        log.info(
-            "successor pid %d is ready; this process (pid %d) stops accepting", pid, os.getpid()
-        )
-        with contextlib.suppress(NotifyError):
-            notify(mainpid=pid, ready=True, environ=self._environ)
-        self.hooks.run("after_upgrade", pid)
+        """Delivered once this process stopped accepting (see _deliver_handover)."""
+        self._pending_handover = action
+
+    def _deliver_handover(self) -> None:
+        """Tell systemd the successor's PID and run the after_upgrade hooks, once:
+        from the upgrade's thread when every asyncio server took the stop, or from
+        close(), whichever comes first. Under the lock, so that close() returns
+        (and the process may exit) only once it is done."""
+        with self._lock:
+            action, self._pending_handover = self._pending_handover, None
+            if action is None:
+                return
+            log.info(
+                "successor pid %d is ready; this process (pid %d) stops accepting",
+                action.pid,
+                os.getpid(),
+            )
+            with contextlib.suppress(NotifyError):
+                notify(mainpid=action.pid, ready=True, environ=self._environ)
+            self.hooks.run("after_upgrade", action.pid)
 
     def _begin_drain(self, action: BeginDrain) -> None:
         # The deadline first: a before_shutdown hook that never returns must not
@@ -380,6 +410,10 @@ class Upgrader:
         self._hard_exit(self._machine.successor is None)  # no lock: a hook may hold it
 
     def _hard_exit(self, final: bool) -> NoReturn:
+        pending = self._pending_handover  # read without the lock, which a hook may hold
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                notify(mainpid=pending.pid, ready=True, environ=self._environ)
         hard_exit(self._listeners.items, self.pid_file, final=final, own_group=self._own_group)
 
 
