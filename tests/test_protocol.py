@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from gapless.errors import GaplessError
+from gapless.errors import IllegalTransition as SharedIllegalTransition
 from gapless.library.lifecycle import (
     Action,
     AnnounceReady,
@@ -66,6 +68,10 @@ TRANSITIONS: list[tuple[State, Event, State, list[Action]]] = [
     (S.STOPPING, DeadlinePassed(), S.STOPPED, [Exit(hurried=True, final=True)]),
     (S.STOPPING, SuccessorReady(7), S.STOPPING, []),
     (S.STOPPED, Drained(), S.STOPPED, []),
+    # close() while a successor starts: it is cancelled (and killed), we stop.
+    (S.UPGRADING, Drained(), S.STOPPED, [KillSuccessor(), Exit(hurried=False, final=True)]),
+    # A server that calls ready() after close() or a hard stop: nothing to do.
+    (S.STOPPED, Ready(), S.STOPPED, []),
 ]
 
 
@@ -93,11 +99,32 @@ def test_illegal_transitions_raise_one_error_naming_event_and_state(
     state: State, event: Event
 ) -> None:
     machine = Lifecycle(state=state)
-    with pytest.raises(
-        IllegalTransition, match=f"{type(event).__name__} is not allowed in state {state.value}"
-    ):
+    message = rf"{type(event).__name__}\(.*\) is not allowed in state {state.value}"
+    with pytest.raises(IllegalTransition, match=message) as info:
         machine.handle(event, NOW)
     assert machine.state is state
+    assert info.value.where is state and info.value.event is event
+
+
+def test_one_illegal_transition_type_for_the_package() -> None:
+    from gapless.run.generations import IllegalTransition as RunIllegalTransition
+
+    assert IllegalTransition is SharedIllegalTransition is RunIllegalTransition
+    assert issubclass(IllegalTransition, GaplessError)
+    assert issubclass(IllegalTransition, RuntimeError), "kept for code that caught RuntimeError"
+
+
+def test_close_is_legal_in_every_state() -> None:
+    """close() feeds Drained unless stopped: no state may refuse it (case 3 of issue 10)."""
+    for state in State:
+        machine = Lifecycle(state=state)
+        machine.handle(Drained(), NOW)
+        assert machine.state is S.STOPPED
+
+
+def test_ready_is_legal_in_every_state() -> None:
+    for state in State:
+        Lifecycle(state=state).handle(Ready(), NOW)
 
 
 def test_invariant_at_most_one_successor_starting() -> None:

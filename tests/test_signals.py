@@ -258,3 +258,22 @@ def test_dispatcher_runs_callbacks_off_the_main_thread() -> None:
         assert ran.wait(10)
     assert threads == ["gapless-signals"]
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_dispatcher_survives_a_callback_that_raises(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10, case 4: a callback's exception killed the dispatch thread, and with
+    it every later TERM: the process could then only be SIGKILLed."""
+    calls: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def callback(signum: signal.Signals) -> None:
+        calls.put(signum)
+        if calls.qsize() == 1:
+            raise OSError(9, "Bad file descriptor")
+
+    with SignalDispatcher({signal.SIGUSR1: callback}):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert calls.get(timeout=TIMEOUT) == signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert calls.get(timeout=TIMEOUT) == signal.SIGUSR1, "the second signal is handled"
+    err = capsys.readouterr().err
+    assert "SIGUSR1" in err and "Traceback" in err and "Bad file descriptor" in err

@@ -8,6 +8,8 @@ errors this package raises on purpose; anything else escaping is a bug.
 
 from __future__ import annotations
 
+import enum
+
 
 class GaplessError(Exception):
     """Base class of every error gapless raises on purpose."""
@@ -86,6 +88,24 @@ class HookError(UpgradeError):
 
 class UpgradeRefusedError(UpgradeError):
     """An upgrade was requested in a state that does not allow one (stopping)."""
+
+
+class IllegalTransition(GaplessError, RuntimeError):
+    """An event arrived in a state that cannot take it: a bug in a driver, never
+    the user's doing. Both state machines (``library.lifecycle`` and
+    ``run.generations``) raise it.
+
+    Args:
+        where: the state (an enum member, shown as ``in state <value>``) or a
+            phrase completing ``when ...``, e.g. ``"generation 3 is draining"``.
+        event: the event that was refused.
+    """
+
+    def __init__(self, where: str | enum.Enum, event: object) -> None:
+        place = f"in state {where.value}" if isinstance(where, enum.Enum) else f"when {where}"
+        super().__init__(f"event {event!r} is not allowed {place}")
+        self.where = where
+        self.event = event
 
 
 class ConfigError(GaplessError, ValueError):

@@ -14,7 +14,7 @@ the next, with no manager in between, and the demo server's cold start (about
 
 Example::
 
-    summary = run_demo(reloads=3, duration=5.0, output="/tmp/gapless-demo")
+    summary = run_demo(reloads=3, duration=5.0)   # results in a new temporary directory
     assert summary.failed == 0
 """
 
@@ -34,14 +34,16 @@ __all__ = ["DEFAULT_DURATION", "DEFAULT_OUTPUT", "DEFAULT_RELOADS", "run_demo"]
 
 DEFAULT_RELOADS = 10
 DEFAULT_DURATION = 15.0
-DEFAULT_OUTPUT = os.path.join(tempfile.gettempdir(), "gapless-demo")
+# None: a new directory from tempfile.mkdtemp, private to this user. A fixed
+# name under /tmp is anyone's to create first, or to plant as a symlink.
+DEFAULT_OUTPUT: str | None = None
 
 
 def run_demo(
     *,
     reloads: int = DEFAULT_RELOADS,
     duration: float = DEFAULT_DURATION,
-    output: str = DEFAULT_OUTPUT,
+    output: str | None = DEFAULT_OUTPUT,
     wrk: bool | None = None,
     out: TextIO = sys.stdout,
 ) -> Summary:
@@ -50,7 +52,8 @@ def run_demo(
     Args:
         reloads: how many SIGUSR2 upgrades.
         duration: seconds of load (longer if the reloads run late).
-        output: the directory for the JSON result and the PNG timeline.
+        output: the directory for the JSON result and the PNG timeline; None: a new
+            one (``gapless-demo-*`` in the temporary directory, mode 0700).
         wrk: use wrk alongside the prober; None: when it is installed.
         out: where the report goes.
 
@@ -70,7 +73,10 @@ def run_demo(
     config = BenchConfig(strategy="library", reloads=reloads, duration=duration, wrk=wrk)
     result = run_bench(config)
     summary = summarize(result)
-    os.makedirs(output, exist_ok=True)
+    if output is None:
+        output = tempfile.mkdtemp(prefix="gapless-demo-")
+    else:
+        os.makedirs(output, exist_ok=True)
     stem = os.path.join(output, f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     write_json(result, summary, stem + ".json")
     missing = write_png(result, summary, stem + ".png")

@@ -13,6 +13,10 @@ States::
     DRAINING --StopRequested--> STOPPING        (a stop while draining hurries next time)
     STOPPING --StopRequested--> STOPPED          (a second TERM or INT: exit at once)
     DRAINING / STOPPING --Drained | DeadlinePassed--> STOPPED
+    UPGRADING --Drained--> STOPPED               (close() mid-upgrade: the successor is killed)
+
+``Drained`` is also what :meth:`~gapless.library.upgrader.Upgrader.close` feeds, so every
+state takes it; ``Ready`` too is taken everywhere (a late ``ready()`` changes nothing).
 
 Rules kept here (and tested by name in tests/test_protocol.py):
 
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+
+from ..errors import IllegalTransition  # one type for the package; re-exported here
 
 __all__ = [
     "Action",
@@ -175,15 +181,6 @@ Action = (
 )
 
 
-class IllegalTransition(RuntimeError):
-    """An event arrived in a state that cannot take it: a bug in the driver."""
-
-    def __init__(self, state: State, event: Event) -> None:
-        super().__init__(f"event {type(event).__name__} is not allowed in state {state.value}")
-        self.state = state
-        self.event = event
-
-
 @dataclass
 class Lifecycle:
     """The state machine. ``handle(event, now)`` returns the actions to carry out."""
@@ -252,6 +249,12 @@ def _drained(m: Lifecycle, e: Event, now: float) -> _Result:
     return State.STOPPED, [Exit(hurried=False, final=m.successor is None)]
 
 
+def _closed_while_upgrading(m: Lifecycle, e: Event, now: float) -> _Result:
+    # No successor took over: this process is the last one, and the starting
+    # one must not go on to serve alone.
+    return State.STOPPED, [KillSuccessor(), Exit(hurried=False, final=True)]
+
+
 def _refuse(m: Lifecycle, e: Event, now: float) -> _Result:
     return m.state, [RefuseUpgrade(f"cannot upgrade: this process is {m.state.value}")]
 
@@ -271,6 +274,7 @@ _TABLE = {
     (S.UPGRADING, SuccessorReady): _successor_ready,
     (S.UPGRADING, SuccessorFailed): _successor_failed,
     (S.UPGRADING, StopRequested): _stop,
+    (S.UPGRADING, Drained): _closed_while_upgrading,
     (S.DRAINING, Ready): _again,
     (S.DRAINING, UpgradeRequested): _refuse,
     (S.DRAINING, StopRequested): _stop_while_draining,
@@ -283,6 +287,7 @@ _TABLE = {
     (S.STOPPING, DeadlinePassed): _exit_now,
     (S.STOPPING, SuccessorFailed): _again,
     (S.STOPPING, SuccessorReady): _again,
+    (S.STOPPED, Ready): _again,
     (S.STOPPED, Drained): _again,
     (S.STOPPED, StopRequested): _again,
     (S.STOPPED, DeadlinePassed): _again,

@@ -7,13 +7,15 @@ as a tail for the error message), plus a cancel pipe and the timeout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
 import signal
 import socket
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from ..errors import NotifyError, SuccessorExitedError, SuccessorTimeoutError, UpgradeError
 from ..proc.spawn import Child, StderrTail, spawn
@@ -26,16 +28,27 @@ log = logging.getLogger("gapless")
 
 
 class Cancel:
-    """A one-shot cancellation that a ``select`` can wait on (a pipe)."""
+    """A one-shot cancellation of a successor's start that a ``select`` can wait on
+    (a pipe), safe to use from any thread.
+
+    ``set()`` after ``close()`` does nothing: the pipe's fd numbers may name
+    another file by then (a stop request as an upgrade completes), and a late
+    byte would land in it. ``unless_set()`` guards the spawn: once ``set()``
+    returns, the successor either was started (``entered``) or never will be.
+    """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._read, self._write = os.pipe()
         self._set = False
+        self._closed = False
+        self.entered = False
 
     def set(self) -> None:
-        if not self._set:
+        with self._lock:
+            if not self._set and not self._closed:
+                os.write(self._write, b"x")
             self._set = True
-            os.write(self._write, b"x")
 
     def is_set(self) -> bool:
         return self._set
@@ -43,9 +56,27 @@ class Cancel:
     def fileno(self) -> int:
         return self._read
 
+    @contextlib.contextmanager
+    def unless_set(self) -> Iterator[None]:
+        """Run the block unless cancelled; a ``set()`` meanwhile waits for it to end.
+
+        Raises:
+            UpgradeError: already cancelled; the block did not run.
+        """
+        with self._lock:
+            if self._set:
+                raise UpgradeError(
+                    "upgrade cancelled before the successor started: this process is stopping"
+                )
+            self.entered = True
+            yield
+
     def close(self) -> None:
-        os.close(self._read)
-        os.close(self._write)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._read)
+                os.close(self._write)
 
 
 def start_successor(
@@ -59,6 +90,15 @@ def start_successor(
 ) -> Child:
     """Spawn ``command`` with the listeners and wait until it sends READY=1.
 
+    The successor leads a process group of its own, which the workers it forks
+    share: killing the group (a failed start here, the hammer later) ends them
+    all. A terminal signals its foreground group, the shell's job that the first
+    process leads: a Ctrl-C while a successor starts stops the predecessor, which
+    kills the successor. Once the first process exits, the shell takes the
+    terminal back, as it did before successors had groups: stop a successor with
+    ``kill``. (setpgid, not setsid: the successor keeps the session and so its
+    terminal for output.)
+
     Returns:
         The ready successor.
 
@@ -66,19 +106,23 @@ def start_successor(
         SuccessorSpawnError: the command could not be executed.
         SuccessorExitedError: it exited first (its exit code and last stderr lines).
         SuccessorTimeoutError: ``timeout`` passed first; it was killed.
-        UpgradeError: cancelled (this process is stopping); it was killed.
+        UpgradeError: cancelled (this process is stopping); it was killed, or
+            never started if the cancel came first.
     """
     with NotifyReceiver() as receiver:
         env = successor_environ(environ, receiver.address)
-        child = spawn(
-            command,
-            listeners=[sock for _, sock in listeners],
-            names=[name for name, _ in listeners],
-            env=env,
-            extra_fds={STDERR_VAR: 2},
-            capture_stderr=True,
-            cwd=cwd,
-        )
+        # Under the guard, the listeners are still open: a close() cancels first.
+        with cancel.unless_set():
+            child = spawn(
+                command,
+                listeners=[sock for _, sock in listeners],
+                names=[name for name, _ in listeners],
+                env=env,
+                extra_fds={STDERR_VAR: 2},
+                new_process_group=True,  # its workers join it: one killpg ends them all
+                capture_stderr=True,
+                cwd=cwd,
+            )
         log.info("successor started as pid %d: %s", child.pid, " ".join(command))
         try:
             _wait_ready(child, receiver, cancel, time.monotonic() + timeout, timeout)
@@ -163,15 +207,23 @@ def _last_line(tail: StderrTail) -> str:
 
 
 def _forward_stderr_in_background(child: Child, tail: StderrTail) -> None:
-    """Until the successor takes over our stderr (GAPLESS_STDERR_FD), keep forwarding."""
-    import threading
+    """Until the successor takes over our stderr (GAPLESS_STDERR_FD), keep forwarding.
 
-    fd = child.stderr_fd
+    The pipe passes to the forwarding thread, which closes it at EOF: closing it
+    from here (a successor killed after all, a stop having raced its READY=1)
+    would pull the fd from under the read, or hand the read a reused number.
+    """
+    fd, child.stderr_fd = child.stderr_fd, None
+    assert fd is not None
 
     def pump() -> None:
-        assert fd is not None
-        os.set_blocking(fd, True)
-        while tail.pump(fd):
-            pass
+        try:
+            os.set_blocking(fd, True)
+            while tail.pump(fd):
+                pass
+        except OSError as exc:  # our stderr is gone (EPIPE): nothing to forward to
+            log.debug("stopped forwarding a successor's stderr: %s", exc)
+        finally:
+            os.close(fd)
 
     threading.Thread(target=pump, name="gapless-stderr", daemon=True).start()

@@ -13,6 +13,13 @@ The successor is the same program (``sys.executable`` and ``sys.orig_argv``) or 
 configured command. It gets every listener as ``LISTEN_FDS`` and a
 ``NOTIFY_SOCKET`` of this process's own, and is expected to send ``READY=1``
 (``upgrader.ready()`` does); see :mod:`gapless.library.handshake` for the rest.
+
+Threads: signals are acted on by the dispatcher's thread, an upgrade runs on a
+thread of its own, the drain deadline (the "hammer") on a third. Every move of
+the lifecycle happens under one lock; the hammer takes none, so that nothing
+holding it (a hook blocked for ever) keeps a process past its deadline. A hard
+exit (the deadline, a second stop request) runs no hook: see
+:mod:`gapless.library.shutdown`.
 """
 
 from __future__ import annotations
@@ -27,24 +34,19 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
-from ..errors import BindError, NotifyError, SignalsError, UpgradeRefusedError
+from ..errors import NotifyError, SignalsError, UpgradeRefusedError
 from ..hooks import Hooks
-from ..proc.pidfile import remove_pid_file, write_pid_file
+from ..proc.pidfile import write_pid_file
 from ..proc.signals import SignalDispatcher, parse_signal
+from ..proc.spawn import Child
 from ..sockets.addresses import Bind, parse_bind
-from ..sockets.listeners import (
-    DEFAULT_BACKLOG,
-    UnixPathStamp,
-    listener_address,
-    open_listener,
-    remove_unix_path,
-    stamp_unix_path,
-)
-from ..systemd.listen_fds import consume_listen_fds, match_binds
+from ..sockets.listeners import DEFAULT_BACKLOG
+from ..systemd.listen_fds import consume_listen_fds
 from ..systemd.notify import notify
+from .attempt import Attempt
 from .handshake import UPSTREAM_VAR, Handshake
 from .keeper import keep_pid as keep_pid_in_keeper
 from .lifecycle import (
@@ -61,14 +63,23 @@ from .lifecycle import (
     RefuseUpgrade,
     ReportFailure,
     SpawnSuccessor,
+    State,
     StopRequested,
     SuccessorFailed,
     SuccessorReady,
     UpgradeRequested,
 )
+from .listenerset import ListenerSet
+from .shutdown import hard_exit, release
+from .stopping import Stopping
 from .successor import Cancel, start_successor
 
 __all__ = ["DEFAULT_SIGNALS", "Upgrader"]
+
+# How long the handover waits for asyncio servers to take the step after their
+# wait_stopping_async() (where they stop accepting): only a loop blocked by its
+# own code takes longer.
+_ACK_WAIT = 5.0
 
 log = logging.getLogger("gapless")
 
@@ -78,19 +89,6 @@ DEFAULT_SIGNALS: Mapping[str, str] = {
     "TERM": "stop",
     "INT": "stop",
 }
-
-
-@dataclass
-class _Listener:
-    bind: Bind
-    sock: socket.socket
-    stamp: UnixPathStamp | None  # set when this process or a gapless predecessor bound it
-
-
-@dataclass
-class _Attempt:
-    future: concurrent.futures.Future[int] = field(default_factory=concurrent.futures.Future)
-    cancel: Cancel = field(default_factory=Cancel)
 
 
 class Upgrader:
@@ -133,15 +131,19 @@ class Upgrader:
         self._cwd = os.getcwd()
         self._lock = threading.RLock()
         self._machine = Lifecycle(hammer_time=hammer_time)
-        self._listeners: list[_Listener] = []
-        self._inherited = consume_listen_fds(self._environ)
+        inherited = consume_listen_fds(self._environ)
         self._handshake = Handshake.take(self._environ)
-        self._attempt: _Attempt | None = None
-        self._stopping = threading.Event()
+        self._listeners = ListenerSet(inherited, self._handshake.from_gapless)
+        # A predecessor started this process as the leader of a group of its own;
+        # the workers it forks join it, and the hammer kills them with it.
+        self._own_group = self._handshake.from_gapless and os.getpgrp() == os.getpid()
+        self._attempt: Attempt | None = None
+        self._stopping = Stopping()
         self._finished = threading.Event()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._signals: SignalDispatcher | None = None
         self._closed = False
+        self._new_cancel = Cancel  # a seam: tests act inside the upgrade's last steps
+        self._pending_handover: HandOver | None = None
 
     # Listeners ---------------------------------------------------------------
 
@@ -157,28 +159,12 @@ class Upgrader:
         """
         parsed = parse_bind(bind) if isinstance(bind, str) else bind
         with self._lock:
-            if any(existing.bind == parsed for existing in self._listeners):
-                raise BindError(f"invalid bind {str(parsed)!r}: listen() was already called for it")
-            plan = match_binds(
-                [parsed], [(name, listener_address(sock)) for name, sock in self._inherited]
-            )
-            if 0 in plan.reuse:
-                _, sock = self._inherited.pop(plan.reuse[0])
-                # A path systemd bound is systemd's to remove; one a gapless
-                # predecessor bound is ours once we are the last generation.
-                stamp = stamp_unix_path(sock) if self._handshake.from_gapless else None
-                log.info("listening on %s (inherited)", _describe(sock))
-            else:
-                sock = open_listener(parsed, backlog=backlog, mode=mode)
-                stamp = stamp_unix_path(sock)
-                log.info("listening on %s", _describe(sock))
-            self._listeners.append(_Listener(parsed, sock, stamp))
-            return sock
+            return self._listeners.listen(parsed, backlog=backlog, mode=mode)
 
     @property
     def listeners(self) -> list[socket.socket]:
         """The sockets handed to a successor, in ``listen()`` order."""
-        return [listener.sock for listener in self._listeners]
+        return self._listeners.sockets
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -220,26 +206,36 @@ class Upgrader:
 
     async def wait_stopping_async(self) -> None:
         """Await the moment this process must stop accepting."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            self._waiters.append((loop, future))
-        await future
+        await self._stopping.wait_async()
 
     def close(self) -> None:
         """Finish: close the listeners (unlinking unix paths only when no successor
-        took them over), remove the PID file if it is ours, restore signal handlers."""
+        took them over), remove the PID file if it is ours, run the ``after_shutdown``
+        hooks. A successor still starting is killed first, and waited for.
+
+        Raises:
+            PidFileError: the PID file could not be removed (all else was done).
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            final = self._machine.successor is None
-            if self._machine.state.value != "stopped":
-                self._carry_out(self._machine.handle(Drained(), time.monotonic()))
-        self._release(final)
-        self._finished.set()
+            try:
+                if self._machine.state is not State.STOPPED:
+                    self._carry_out(self._machine.handle(Drained(), time.monotonic()))
+            finally:
+                final = self._machine.successor is None
+                attempt = self._attempt
+        try:
+            self._deliver_handover()  # the server stopped accepting: it calls close()
+            error = release(self._listeners.items, self.pid_file, final)
+            self.hooks.run("after_shutdown")
+        finally:
+            self._finished.set()
+        if attempt is not None:
+            attempt.wait_cancelled()
+        if error is not None:
+            raise error
 
     def __enter__(self) -> Upgrader:
         self.install_signal_handlers()
@@ -275,7 +271,7 @@ class Upgrader:
 
     def _request_upgrade(self) -> concurrent.futures.Future[int]:
         with self._lock:
-            if self._attempt is not None and not self._attempt.future.done():
+            if self._attempt is not None and self._attempt.running:
                 return self._attempt.future
             actions = self._machine.handle(UpgradeRequested(), time.monotonic())
             refused = [a for a in actions if isinstance(a, RefuseUpgrade)]
@@ -291,34 +287,32 @@ class Upgrader:
         with self._lock:
             self._carry_out(self._machine.handle(event, time.monotonic()))
 
-    def _carry_out(self, actions: list[Action]) -> None:
+    def _carry_out(self, actions: Sequence[Action]) -> None:
         for action in actions:
-            if isinstance(action, AnnounceReady):
-                self._announce_ready()
-            elif isinstance(action, SpawnSuccessor):
-                self._attempt = _Attempt()
-                threading.Thread(
-                    target=self._run_attempt,
-                    args=(self._attempt,),
-                    name="gapless-upgrade",
-                    daemon=True,
-                ).start()
-            elif isinstance(action, KillSuccessor) and self._attempt is not None:
-                self._attempt.cancel.set()
-            elif isinstance(action, HandOver):
-                self._hand_over(action.pid)
-            elif isinstance(action, BeginDrain):
-                self._begin_drain(action)
-            elif isinstance(action, ReportFailure):
-                log.error("upgrade failed: %s", action.reason)
-            elif isinstance(action, Exit) and action.hurried:
-                self._exit_now(action)
+            _ACTIONS[type(action)](self, action)
 
-    def _announce_ready(self) -> None:
-        for _, sock in self._inherited:
-            log.info("closing inherited %s: no longer requested", _describe(sock))
-            sock.close()
-        self._inherited.clear()
+    def _spawn_successor(self, action: SpawnSuccessor) -> None:
+        attempt = Attempt(self._new_cancel(), self._start_successor, self._settle)
+        self._attempt = attempt
+        attempt.begin()
+
+    def _kill_successor(self, action: KillSuccessor) -> None:
+        if self._attempt is not None:
+            self._attempt.cancel.set()
+
+    def _report_failure(self, action: ReportFailure) -> None:
+        log.error("upgrade failed: %s", action.reason)
+
+    def _refuse(self, action: RefuseUpgrade) -> None:
+        pass  # _request_upgrade answers the caller with it
+
+    def _exit(self, action: Exit) -> None:
+        if action.hurried:
+            log.warning("second stop request: exiting at once")
+            self._hard_exit(action.final)
+
+    def _announce_ready(self, action: AnnounceReady) -> None:
+        self._listeners.close_unclaimed()
         if self.pid_file is not None and not self.keep_pid:
             write_pid_file(self.pid_file)  # before READY=1: whoever reads it then finds it
         try:
@@ -330,83 +324,109 @@ class Upgrader:
         self._handshake.complete(self._environ)
         self.hooks.run("on_ready")
 
-    def _run_attempt(self, attempt: _Attempt) -> None:
-        try:
-            self.hooks.run("before_upgrade")
-            with contextlib.suppress(NotifyError):
-                notify(reloading=True, status="upgrading", environ=self._environ)
-            child = start_successor(
-                self.command,
-                [(listener.bind.name, listener.sock) for listener in self._listeners],
-                timeout=self.ready_timeout,
-                cancel=attempt.cancel,
-                environ=self._environ,
-                cwd=self._cwd,
-            )
-        except Exception as exc:
-            with contextlib.suppress(NotifyError):
-                notify(ready=True, status=f"upgrade failed: {exc}", environ=self._environ)
-            self._feed(SuccessorFailed(str(exc)))
-            attempt.future.set_exception(exc)
-            return
-        finally:
-            attempt.cancel.close()
-        with self._lock:
-            actions = self._machine.handle(SuccessorReady(child.pid), time.monotonic())
-            if not any(isinstance(action, HandOver) for action in actions):
-                # A stop raced the successor's READY=1: this process stops, and so
-                # must the successor, or two generations would be left serving.
-                child.kill_group(signal.SIGKILL)
-                attempt.future.set_exception(UpgradeRefusedError("cannot upgrade: stopping"))
-                return
-            self._carry_out(actions)
-        attempt.future.set_result(child.pid)
-
-    def _hand_over(self, pid: int) -> None:
-        log.info(
-            "successor pid %d is ready; this process (pid %d) stops accepting", pid, os.getpid()
-        )
+    def _start_successor(self, cancel: Cancel) -> Child:
+        """On the attempt's thread, with no lock held: hooks may take their time."""
+        self.hooks.run("before_upgrade")
         with contextlib.suppress(NotifyError):
-            notify(mainpid=pid, ready=True, environ=self._environ)
-        self.hooks.run("after_upgrade", pid)
+            notify(reloading=True, status="upgrading", environ=self._environ)
+        return start_successor(
+            self.command,
+            self._listeners.for_successor(),
+            timeout=self.ready_timeout,
+            cancel=cancel,
+            environ=self._environ,
+            cwd=self._cwd,
+        )
+
+    def _settle(self, attempt: Attempt, outcome: Child | BaseException) -> bool:
+        """Feed the attempt's outcome to the lifecycle; True if the successor took over."""
+        failed = isinstance(outcome, BaseException)
+        if failed and not attempt.cancel.is_set():
+            with contextlib.suppress(NotifyError):
+                notify(ready=True, status=f"upgrade failed: {outcome}", environ=self._environ)
+        with self._lock:
+            # Closed under the lock, so no stop() can fall between the close and
+            # this move and write to a pipe that is gone (issue 10, case 4).
+            attempt.cancel.close()
+            event: Event = (
+                SuccessorFailed(str(outcome))
+                if isinstance(outcome, BaseException)
+                else SuccessorReady(outcome.pid)
+            )
+            actions = self._machine.handle(event, time.monotonic())
+            try:
+                self._carry_out(actions)
+            except Exception:
+                log.exception("while acting on the upgrade's outcome")
+        if self._pending_handover is None:
+            return any(isinstance(action, HandOver) for action in actions)
+        # Without the lock: an asyncio server stops accepting on its own loop,
+        # whose next step may call close(), which takes the lock and delivers the
+        # handover itself if it comes first.
+        if not self._stopping.wait_acknowledged(_ACK_WAIT):
+            log.warning("an event loop did not take the stop within %g s", _ACK_WAIT)
+        self._deliver_handover()
+        return True
+
+    def _hand_over(self, action: HandOver) -> None:
+        """Delivered once this process stopped accepting (see _deliver_handover)."""
+        self._pending_handover = action
+
+    def _deliver_handover(self) -> None:
+        """Tell systemd the successor's PID and run the after_upgrade hooks, once:
+        from the upgrade's thread when every asyncio server took the stop, or from
+        close(), whichever comes first. Under the lock, so that close() returns
+        (and the process may exit) only once it is done."""
+        with self._lock:
+            action, self._pending_handover = self._pending_handover, None
+            if action is None:
+                return
+            log.info(
+                "successor pid %d is ready; this process (pid %d) stops accepting",
+                action.pid,
+                os.getpid(),
+            )
+            with contextlib.suppress(NotifyError):
+                notify(mainpid=action.pid, ready=True, environ=self._environ)
+            self.hooks.run("after_upgrade", action.pid)
 
     def _begin_drain(self, action: BeginDrain) -> None:
+        # The deadline first: a before_shutdown hook that never returns must not
+        # keep the process for ever.
+        if action.deadline is not None:
+            threading.Thread(
+                target=self._hammer, args=(action.deadline,), name="gapless-hammer", daemon=True
+            ).start()
         if action.final:
             with contextlib.suppress(NotifyError):
                 notify(stopping=True, environ=self._environ)
         self.hooks.run("before_shutdown")
         self._stopping.set()
-        for loop, future in self._waiters:
-            loop.call_soon_threadsafe(_resolve, future)
-        self._waiters.clear()
-        if action.deadline is not None:
-            threading.Thread(
-                target=self._hammer, args=(action.deadline,), name="gapless-hammer", daemon=True
-            ).start()
 
     def _hammer(self, deadline: float) -> None:
         if self._finished.wait(max(0.0, deadline - time.monotonic())):
             return
         log.warning("hammer time: the drain did not finish by its deadline; exiting")
-        with self._lock:
-            self._closed = True
-            final = self._machine.successor is None
-        self._release(final)
-        os._exit(1)
+        self._hard_exit(self._machine.successor is None)  # no lock: a hook may hold it
 
-    def _exit_now(self, action: Exit) -> None:
-        log.warning("second stop request: exiting at once")
-        self._release(action.final)
-        os._exit(1)
+    def _hard_exit(self, final: bool) -> NoReturn:
+        pending = self._pending_handover  # read without the lock, which a hook may hold
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                notify(mainpid=pending.pid, ready=True, environ=self._environ)
+        hard_exit(self._listeners.items, self.pid_file, final=final, own_group=self._own_group)
 
-    def _release(self, final: bool) -> None:
-        for listener in self._listeners:
-            if final:
-                remove_unix_path(listener.stamp)
-            listener.sock.close()
-        if self.pid_file is not None:
-            remove_pid_file(self.pid_file)
-        self.hooks.run("after_shutdown")
+
+_ACTIONS: dict[type, Callable[[Upgrader, Any], None]] = {
+    AnnounceReady: Upgrader._announce_ready,
+    SpawnSuccessor: Upgrader._spawn_successor,
+    KillSuccessor: Upgrader._kill_successor,
+    HandOver: Upgrader._hand_over,
+    BeginDrain: Upgrader._begin_drain,
+    ReportFailure: Upgrader._report_failure,
+    RefuseUpgrade: Upgrader._refuse,
+    Exit: Upgrader._exit,
+}
 
 
 def _parse_signal_map(mapping: Mapping[str, str]) -> dict[signal.Signals, str]:
@@ -418,15 +438,6 @@ def _parse_signal_map(mapping: Mapping[str, str]) -> dict[signal.Signals, str]:
             )
         result[parse_signal(name)] = what
     return result
-
-
-def _describe(sock: socket.socket) -> str:
-    return f"{listener_address(sock)} (fd {sock.fileno()})"
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _log_outcome(future: concurrent.futures.Future[int]) -> None:

@@ -34,9 +34,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Mapping
 from queue import SimpleQueue
 from types import FrameType, TracebackType
@@ -183,7 +186,8 @@ class SignalDispatcher:
     The handlers only put the signal in a queue (``SimpleQueue.put`` is safe
     there); the callbacks may then log, take locks and start processes, which a
     handler interrupting the main thread must not do: the main thread may hold
-    the very lock it would wait for.
+    the very lock it would wait for. A callback that raises has its traceback
+    written to stderr; the next signals are still dispatched.
 
     Example::
 
@@ -207,4 +211,19 @@ class SignalDispatcher:
 
     def _run(self) -> None:
         while (signum := self._queue.get()) is not None:
-            self._callbacks[signum](signum)
+            try:
+                self._callbacks[signum](signum)
+            except Exception:
+                # The thread must outlive one bad callback: it is the only way
+                # later signals (a second TERM) are acted on at all.
+                _report_failure(signum)
+
+
+def _report_failure(signum: signal.Signals) -> None:
+    """Write the traceback to stderr directly: logging may be what failed."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write(
+            f"gapless: the {signum.name} callback raised; still handling signals\n"
+            + traceback.format_exc()
+        )
+        sys.stderr.flush()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..errors import IllegalTransition  # one type for the package; re-exported here
 from ..proc.spawn import ExitStatus
-from .events import Event
 
 __all__ = [
     "CRASH_LIMIT",
@@ -62,11 +62,3 @@ class Generation:
     @property
     def ready_latency(self) -> float | None:
         return None if self.ready_at is None else self.ready_at - self.started
-
-
-class IllegalTransition(RuntimeError):
-    """An event that cannot happen in this state: a bug in the driver."""
-
-    def __init__(self, where: str, event: Event) -> None:
-        super().__init__(f"event {event!r} is not allowed when {where}")
-        self.event = event
