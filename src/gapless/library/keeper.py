@@ -37,16 +37,14 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import sys
 from collections.abc import MutableMapping, Sequence
-from queue import SimpleQueue
 from typing import NoReturn
 
 from ..errors import NotifyError, PidFileError
 from ..proc.pidfile import remove_pid_file, write_pid_file
-from ..proc.signals import SignalCapture
 from ..proc.subreaper import set_child_subreaper
+from ..proc.wakeup import SignalWakeup
 from ..systemd.notify import notify
 from ..systemd.notify_receiver import NotifyReceiver, in_process_tree
 
@@ -120,33 +118,25 @@ class _Keeper:
         self._pid_file = pid_file
         self._wrote_pid_file = False
         self._status = 0
-        self._signals: SimpleQueue[signal.Signals] = SimpleQueue()
 
     def run(self, signals: Sequence[signal.Signals], mask: set[int | signal.Signals]) -> NoReturn:
         set_child_subreaper()
         log.info("pid %d keeps its pid; version 1 runs as pid %d", os.getpid(), self._current)
-        wake_read, wake_write = socket.socketpair()
-        wake_write.setblocking(False)
-        wake_read.setblocking(False)
-        signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        handled = {sig: self._signals.put for sig in (*signals, signal.SIGCHLD)}
-        with SignalCapture(handled), selectors.DefaultSelector() as selector:
+        caught = SignalWakeup((*signals, signal.SIGCHLD))
+        with caught, selectors.DefaultSelector() as selector:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            selector.register(wake_read, selectors.EVENT_READ, "signal")
+            selector.register(caught, selectors.EVENT_READ, "signal")
             selector.register(self._receiver, selectors.EVENT_READ, "notify")
             while self._reap():
                 for key, _ in selector.select():
                     if key.data == "signal":
-                        with contextlib.suppress(BlockingIOError):
-                            wake_read.recv(4096)
-                        self._forward()
+                        self._forward(caught.take())
                     else:
                         self._relay()
-        self._finish()
+            self._finish()  # in the block: a late TERM is caught, not fatal
 
-    def _forward(self) -> None:
-        while not self._signals.empty():
-            received = self._signals.get()
+    def _forward(self, received_signals: list[signal.Signals]) -> None:
+        for received in received_signals:
             if received != signal.SIGCHLD:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self._current, received)
