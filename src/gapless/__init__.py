@@ -15,7 +15,9 @@ Invariants (each tested by name in tests/):
 4. A failed successor (exit, timeout, bad command) changes nothing for clients:
    the running process keeps serving and the upgrade reports why it failed.
 5. Deadlines are measured on ``time.monotonic()``; past the drain deadline the
-   process exits whatever it still holds.
+   process exits whatever it still holds, and its process group is killed (a
+   generation of ``gapless run``, a successor in library mode), workers included;
+   a manager killed outright has its generations stopped by its watchdog.
 6. Nothing sleeps to synchronise: every wait is on an event (a datagram, a
    pidfd, a pipe) with a timeout.
 7. The manager's failure is never the service's (``gapless run``): an error in

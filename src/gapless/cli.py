@@ -1,5 +1,9 @@
 """The ``gapless`` command line. The only module that exits the process.
 
+Over 300 lines on purpose: the usage of every subcommand sits in one file, so
+``gapless --help`` and this module read alike; shared argument types live in
+:mod:`gapless.cli_args`, ``gapless serve``'s options in :mod:`gapless.serving.options`.
+
 ::
 
     gapless run [--bind [NAME=]ADDRESS]... [--control PATH] [--pid-file PATH]

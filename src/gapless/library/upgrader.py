@@ -1,5 +1,10 @@
 """Library mode: a server process that upgrades itself without dropping a connection.
 
+Over 300 lines on purpose: the public ``Upgrader`` (its documented methods are
+most of it) and the table that carries out the lifecycle's actions share one
+lock and one state; the pieces that stand alone are in ``attempt``,
+``listenerset``, ``shutdown`` and ``stopping``.
+
 Example (threaded; asyncio code awaits ``upgrade_async`` and ``wait_stopping_async``)::
 
     with gapless.Upgrader() as upgrader:           # HUP/USR2 upgrade, TERM/INT stop

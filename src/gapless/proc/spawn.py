@@ -1,5 +1,9 @@
 """Starting a generation with its listening sockets, then watching it through a pidfd.
 
+Over 300 lines on purpose: ``Child`` (spawn, signal, kill the group, wait) and
+``ExitStatus`` (how each end is described to the user) are read together
+whenever a generation ends.
+
 The child gets the sockets as systemd hands them over (sd_listen_fds(3)): fds 3, 4, ...
 in order, ``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` set to the exec'd
 process's own PID. :class:`subprocess.Popen` cannot do that: it builds the environment

@@ -1,5 +1,9 @@
 """Opening and adopting listening sockets.
 
+Over 300 lines on purpose: opening (every bind form), adopting (every check an
+fd must pass) and owning unix paths are one concern seen from three sides, and
+each error they raise names the bind and the fix.
+
 Every socket this module returns is a stream socket that is already listening,
 so it can be handed to any number of processes at once. The sockets it opens
 are blocking and not inheritable (Python's default): a spawner passes them on
