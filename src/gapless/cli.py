@@ -42,6 +42,7 @@ from .cli_args import (
     nonempty_path,
     positive_seconds,
     usage_error,
+    whole_number,
 )
 from .errors import GaplessError
 from .run.eventlog import LOG_FORMATS
@@ -325,14 +326,7 @@ def _signal(text: str) -> signal.Signals:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+_positive_int = whole_number(1)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ __all__ = [
     "nonempty_path",
     "positive_seconds",
     "usage_error",
+    "whole_number",
 ]
 
 #: The exit code of a misuse of the command line.
@@ -62,6 +63,21 @@ def bind(text: str) -> Bind:
         return parse_bind(text)
     except GaplessError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        return value
+
+    return parse
 
 
 def positive_seconds(text: str) -> float:

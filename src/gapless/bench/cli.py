@@ -22,15 +22,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
 
+from ..cli_args import Parser, whole_number
 from ..errors import BenchError, GaplessError
 from ..sockets.addresses import TcpAddress, parse_bind
 from .strategies import STRATEGIES
 
 __all__ = ["build_parser", "main"]
-
-EXIT_USAGE = 2
 
 _EPILOG = (
     "strategies:\n"
@@ -44,13 +42,8 @@ themselves and need {address}, or {host} and {port}, in COMMAND."""
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="gapless bench",
         description="Reload a server again and again under load; count every failed request.",
         epilog=_EPILOG,
@@ -130,21 +123,8 @@ def _address(text: str) -> TcpAddress:
     return address
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
+_count = whole_number(0)
+_at_least_one = whole_number(1)
 
 
 def _positive(text: str) -> float:
