@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
 
 from ..errors import BindError
 from ..sockets.addresses import Bind
 from ..sockets.listeners import (
     DEFAULT_BACKLOG,
-    UnixPathStamp,
     listener_address,
-    open_listener,
-    stamp_unix_path,
 )
-from ..systemd.listen_fds import match_binds
+from ..systemd.binds import Listener, take_or_open
 
 __all__ = ["Listener", "ListenerSet"]
 
 log = logging.getLogger("gapless")
-
-
-@dataclass
-class Listener:
-    bind: Bind
-    sock: socket.socket
-    stamp: UnixPathStamp | None  # set when this process or a gapless predecessor bound it
 
 
 class ListenerSet:
@@ -53,26 +42,20 @@ class ListenerSet:
         """
         if any(existing.bind == bind for existing in self.items):
             raise BindError(f"invalid bind {str(bind)!r}: listen() was already called for it")
-        plan = match_binds(
-            [bind], [(name, listener_address(sock)) for name, sock in self._inherited]
+        [listener] = take_or_open(
+            [bind], self._inherited, own_inherited=self._from_gapless, backlog=backlog, mode=mode
         )
-        if 0 in plan.reuse:
-            _, sock = self._inherited.pop(plan.reuse[0])
-            stamp = stamp_unix_path(sock) if self._from_gapless else None
-            log.info("listening on %s (inherited)", describe(sock))
-        else:
-            sock = open_listener(bind, backlog=backlog, mode=mode)
-            stamp = stamp_unix_path(sock)
-            log.info("listening on %s", describe(sock))
-        self.items.append(Listener(bind, sock, stamp))
-        return sock
+        kind = " (inherited)" if listener.inherited else ""
+        log.info("listening on %s%s", describe(listener.sock), kind)
+        self.items.append(listener)
+        return listener.sock
 
     @property
     def sockets(self) -> list[socket.socket]:
         return [listener.sock for listener in self.items]
 
     def for_successor(self) -> list[tuple[str | None, socket.socket]]:
-        return [(listener.bind.name, listener.sock) for listener in self.items]
+        return [(listener.name, listener.sock) for listener in self.items]
 
     def close_unclaimed(self) -> None:
         """Close the inherited sockets no ``listen()`` asked for (a port changed or

@@ -8,22 +8,14 @@ Example::
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import GaplessError
 from ..sockets.addresses import Bind
-from ..sockets.listeners import (
-    UnixPathStamp,
-    listener_address,
-    open_listener,
-    remove_unix_path,
-    stamp_unix_path,
-)
-from ..systemd.listen_fds import consume_listen_fds, match_binds
+from ..systemd.binds import Listener, take_or_open
+from ..systemd.listen_fds import consume_listen_fds
 from .readiness import ReadyMode
 
 __all__ = ["Listener", "ManagerConfig", "ReadyMode", "open_listeners"]
@@ -48,18 +40,6 @@ class ManagerConfig:
     health_bind: Bind | None = None
 
 
-@dataclass
-class Listener:
-    name: str | None
-    sock: socket.socket
-    stamp: UnixPathStamp | None  # set for a path this manager bound, to unlink at stop
-
-    @property
-    def inode(self) -> int:
-        """The socket's inode, as /proc shows it (for the accept readiness check)."""
-        return os.fstat(self.sock.fileno()).st_ino
-
-
 def open_listeners(
     binds: Sequence[Bind],
     environ: dict[str, str],
@@ -77,21 +57,5 @@ def open_listeners(
     """
     inherited = consume_listen_fds(environ) + list(taken)
     if not binds:
-        return [Listener(name, sock, None) for name, sock in inherited]
-    plan = match_binds(binds, [(name, listener_address(sock)) for name, sock in inherited])
-    for index in plan.close:
-        inherited[index][1].close()
-    listeners = []
-    try:
-        for i, bind in enumerate(binds):
-            if i in plan.reuse:
-                listeners.append(Listener(bind.name, inherited[plan.reuse[i]][1], None))
-            else:
-                sock = open_listener(bind)
-                listeners.append(Listener(bind.name, sock, stamp_unix_path(sock)))
-    except GaplessError:
-        for listener in listeners:
-            listener.sock.close()
-            remove_unix_path(listener.stamp)
-        raise
-    return listeners
+        return [Listener(name, sock, None, inherited=True) for name, sock in inherited]
+    return take_or_open(binds, inherited, own_inherited=False, close_unmatched=True)
