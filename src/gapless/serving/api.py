@@ -121,14 +121,14 @@ def _generation(
     apps: Mapping[str, object],
 ) -> int:
     from .apps import load_app
-    from .child import Generation, configure_logging, run_generation
+    from .child import AppSpec, configure_logging, run_generation
 
     configure_logging(options.log_level)
 
     def loader(obj: object) -> Callable[[], object]:
         return lambda: load_app(obj) if isinstance(obj, str) else obj
 
-    generation = Generation(
+    generation = AppSpec(
         loader(app),
         interface=interface,
         server=server,

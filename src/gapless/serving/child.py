@@ -52,7 +52,7 @@ from .options import add_child_options, check_honoured, options_from_args
 
 __all__ = [
     "EXIT_STARTUP",
-    "Generation",
+    "AppSpec",
     "build_parser",
     "detect_interface",
     "load_app",
@@ -99,7 +99,7 @@ def take_sockets(binds: Sequence[str]) -> list[tuple[str | None, socket.socket]]
     return [(bind.name, open_listener(bind)) for bind in parsed]
 
 
-class Generation:
+class AppSpec:
     """What one generation runs: how to get the application, and how to serve it.
 
     Args:
@@ -135,9 +135,7 @@ class Generation:
         self.workers = workers
 
 
-def run_generation(
-    generation: Generation, sockets: Sequence[tuple[str | None, socket.socket]]
-) -> int:
+def run_generation(generation: AppSpec, sockets: Sequence[tuple[str | None, socket.socket]]) -> int:
     """Run one generation on ``sockets`` (named) until it is stopped and drained.
 
     Returns:
@@ -162,9 +160,7 @@ def run_generation(
 Unit = tuple[Callable[[], object], list[socket.socket]]
 
 
-def _units(
-    generation: Generation, sockets: Sequence[tuple[str | None, socket.socket]]
-) -> list[Unit]:
+def _units(generation: AppSpec, sockets: Sequence[tuple[str | None, socket.socket]]) -> list[Unit]:
     """What each process serves: the main application on the sockets no other
     application names, ``workers`` times; each further application once."""
     units: list[Unit] = []
@@ -180,7 +176,7 @@ def _units(
 
 
 def _serve_once(
-    generation: Generation,
+    generation: AppSpec,
     load: Callable[[], object],
     sockets: Sequence[socket.socket],
     hooks: Hooks,
@@ -212,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_honoured(vars(args), args.interface, args.server)
         _check_readable(certfile=args.certfile, keyfile=args.keyfile)
         sockets = take_sockets(args.bind)
-        generation = Generation(
+        generation = AppSpec(
             lambda: load_app(args.app, factory=args.factory),
             interface=args.interface,
             server=args.server,
