@@ -14,7 +14,7 @@ States::
     STOPPING --StopRequested--> STOPPED          (a second TERM or INT: exit at once)
     DRAINING / STOPPING --Drained | DeadlinePassed--> STOPPED
 
-Rules kept here (and tested by name in tests/test_protocol.py):
+Rules kept here (and tested by name in tests/library/test_protocol.py):
 
 * at most one successor is starting; a request while one starts joins it;
 * the process stops accepting only after its successor reported ready;

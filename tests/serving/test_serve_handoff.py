@@ -10,7 +10,7 @@ from pathlib import Path
 from manager_harness import Prober, gapless_argv
 from restart_harness import Instances, Lines, port_of
 
-APPS = Path(__file__).parent / "apps"
+APPS = Path(__file__).parents[1] / "apps"
 
 
 class ServeInstances(Instances):

@@ -32,7 +32,7 @@ from gapless.serving.options import (
     stack_of,
 )
 
-DOC = Path(__file__).parent.parent / "docs" / "serve.md"
+DOC = Path(__file__).parents[2] / "docs" / "serve.md"
 
 
 def test_the_doc_table_is_the_declaration() -> None:
