@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
@@ -14,11 +13,11 @@ import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import get
+from lines import Lines
 
 from gapless.run.control import call
 
@@ -36,50 +35,35 @@ def gapless_argv(*args: str) -> list[str]:
     return [PYTHON, "-m", "gapless.cli", *args]
 
 
-@dataclass
 class Manager:
-    """A ``gapless run`` subprocess and what it wrote on stderr so far."""
+    """A ``gapless run`` subprocess and what it wrote on stderr so far (once
+    :meth:`start_reader` has begun following it)."""
 
-    process: subprocess.Popen[str]
-    control: str
-    lines: list[str] = field(default_factory=list)
-    _queue: queue.SimpleQueue[str | None] = field(default_factory=queue.SimpleQueue)
-    _matched: set[int] = field(default_factory=set)
-    _ended: bool = False
+    def __init__(self, process: subprocess.Popen[str], control: str) -> None:
+        self.process = process
+        self.control = control
+        self.stderr: Lines | None = None
 
     def start_reader(self) -> None:
-        def read() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self._queue.put(line.rstrip("\n"))
-            self._queue.put(None)
+        assert self.process.stderr is not None
+        self.stderr = Lines(self.process.stderr)
 
-        threading.Thread(target=read, daemon=True).start()
+    @property
+    def lines(self) -> list[str]:
+        return self._stderr.lines
+
+    @property
+    def _stderr(self) -> Lines:
+        assert self.stderr is not None, "start_reader() first"
+        return self.stderr
 
     def wait_line(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
         """The first line not matched before that matches ``pattern``, read so far or
         still to come; fails loudly on timeout or EOF."""
-        regex = re.compile(pattern)
-        start = 0
-        while True:
-            for index in range(start, len(self.lines)):
-                match = regex.search(self.lines[index])
-                if match and index not in self._matched:
-                    self._matched.add(index)
-                    return match
-            start = len(self.lines)
-            try:
-                line = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                message = f"no line matching {pattern!r} in {timeout} s:\n{self.log()}"
-                raise AssertionError(message) from None
-            if line is None:
-                self._ended = True
-                raise AssertionError(f"manager ended before {pattern!r}:\n{self.log()}")
-            self.lines.append(line)
+        return self._stderr.wait_line(pattern, timeout)
 
     def log(self) -> str:
-        return "\n".join(self.lines[-40:])
+        return self._stderr.tail(40)
 
     def call(self, cmd: str, **fields: Any) -> dict[str, Any]:
         return call(self.control, cmd, timeout=TIMEOUT, **fields)
@@ -104,12 +88,7 @@ class Manager:
 
     def read_to_end(self, timeout: float = TIMEOUT) -> None:
         """Collect stderr up to its end (the manager has exited or was killed)."""
-        while not self._ended:
-            line = self._queue.get(timeout=timeout)
-            if line is None:
-                self._ended = True
-            else:
-                self.lines.append(line)
+        self._stderr.read_to_end(timeout)
 
 
 @contextmanager

@@ -15,10 +15,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from load import Wrk
 from serve_harness import (
     Handover,
     Prober,
-    Wrk,
     head_complete,
     open_websockets,
     probe,

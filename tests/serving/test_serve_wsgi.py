@@ -11,10 +11,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from load import Wrk
 from serve_harness import (
     Handover,
     Prober,
-    Wrk,
     read_until,
     response_complete,
     runner_argv,
