@@ -1,6 +1,6 @@
 """Helpers for tests of ``gapless run``: a manager in a subprocess whose stderr is
 read line by line (each wait is on a line, with a timeout), a control client, and
-a prober thread that counts failed requests."""
+a prober that counts failed requests."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from harness import get
+import load
 from lines import Lines
 
 from gapless.run.control import call
@@ -141,59 +140,8 @@ def write_command(path: Path, argv: Sequence[str]) -> list[str]:
     return app("switch.py", str(path))
 
 
-class Prober(threading.Thread):
-    """GETs the server again and again, a new connection each time, counting failures."""
+class Prober(load.Prober):
+    """``load.Prober``, one thread, with this module's request timeout."""
 
     def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.done = threading.Event()
-        self.answered = 0
-        self.failures: list[str] = []
-        self.pids: set[int] = set()
-        self._changed = threading.Condition()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            reply = get(self.port, timeout=TIMEOUT)
-            with self._changed:
-                if reply.status == 200:
-                    self.answered += 1
-                    if reply.pid is not None:
-                        self.pids.add(reply.pid)
-                else:
-                    self.failures.append(reply.error or f"HTTP {reply.status}")
-                self._changed.notify_all()
-
-    def wait_answer_from(self, pid: int | None = None) -> None:
-        """Wait for an answer (from ``pid`` if given), fail loudly after TIMEOUT."""
-        with self._changed:
-            ok = self._changed.wait_for(
-                lambda: (pid in self.pids) if pid is not None else self.answered > 0, TIMEOUT
-            )
-        assert ok, f"no answer from {pid or 'any pid'} in {TIMEOUT} s: {self.failures[:3]}"
-
-    def wait_answer_from_any(self, pids: Collection[int]) -> None:
-        """Wait for an answer from one of ``pids`` (a generation's processes)."""
-        with self._changed:
-            ok = self._changed.wait_for(lambda: not self.pids.isdisjoint(pids), TIMEOUT)
-        assert ok, f"no answer from any of {sorted(pids)} in {TIMEOUT} s: {self.failures[:3]}"
-
-    def wait_answers(self, count: int) -> None:
-        """Wait until ``count`` requests were answered in all."""
-        with self._changed:
-            ok = self._changed.wait_for(lambda: self.answered >= count, TIMEOUT)
-        assert ok, f"only {self.answered} answers in {TIMEOUT} s: {self.failures[:3]}"
-
-    def __enter__(self) -> Prober:
-        self.start()
-        self.wait_answer_from()
-        return self
-
-    def finish(self) -> None:
-        """Stop probing (before the server is stopped on purpose)."""
-        self.done.set()
-        self.join(TIMEOUT)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.finish()
+        super().__init__(port, timeout=TIMEOUT)

@@ -3,14 +3,13 @@
 A :class:`Handover` holds one listening socket and a notify socket, spawns
 generations with :func:`gapless.proc.spawn.spawn`, waits for each one's READY=1
 (or, for servers that speak no notify protocol, for it to accept on the socket),
-then SIGTERMs the previous one. :class:`Prober` (and ``load.Wrk``) load the socket
+then SIGTERMs the previous one. ``load.Prober`` and ``load.Wrk`` load the socket
 meanwhile and report every failed request by class.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import re
 import select
@@ -20,9 +19,7 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,63 +155,6 @@ def _describe(child: Child) -> str:
     return status.describe() if status else "ended"
 
 
-@dataclass
-class LoadResult:
-    requests: int
-    failures: Counter[str] = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failures.values())
-
-
-class Prober:
-    """Threads sending one request after another, each failure recorded by class.
-
-    Args:
-        port: where to send.
-        tls: an SSL context to speak HTTPS with, or None for plain HTTP.
-        threads: how many threads; even ones open a connection per request,
-            odd ones keep theirs alive as long as the server allows.
-    """
-
-    def __init__(self, port: int, threads: int = 4, tls: ssl.SSLContext | None = None):
-        self.port = port
-        self.tls = tls
-        self.result = LoadResult(0)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(bool(i % 2),), daemon=True)
-            for i in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, keep_alive: bool) -> None:
-        connection = (
-            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.tls)
-            if self.tls
-            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        )
-        while not self._stop.is_set():
-            failure = probe(connection)
-            with self._lock:
-                self.result.requests += 1
-                if failure:
-                    self.result.failures[failure.split(":")[0]] += 1
-                    self.result.examples.append(failure)
-            if failure or not keep_alive:
-                connection.close()
-
-    def stop(self) -> LoadResult:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(TIMEOUT)
-        return self.result
-
-
 def self_signed(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
     """A certificate and key for 127.0.0.1 made by openssl, and a client context trusting it."""
     cert, key = directory / "cert.pem", directory / "key.pem"
@@ -226,31 +166,6 @@ def self_signed(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
         capture_output=True,
     )
     return cert, key, ssl.create_default_context(cafile=str(cert))
-
-
-def probe(connection: http.client.HTTPConnection, path: str = "/") -> str | None:
-    """One request; None if it got a 2xx, else its failure class (and detail)."""
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        response.read()
-    except ConnectionRefusedError as exc:
-        return f"refused: {exc}"
-    except http.client.RemoteDisconnected as exc:
-        return f"closed without answer: {exc}"
-    except (ConnectionResetError, BrokenPipeError) as exc:
-        return f"reset: {exc}"
-    except TimeoutError as exc:
-        return f"timeout: {exc}"
-    except ssl.SSLError as exc:
-        return f"tls: {exc}"
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    if response.status >= 500:
-        return f"status {response.status}"
-    if not 200 <= response.status < 300:
-        return f"non-2xx: {response.status}"
-    return None
 
 
 def send_requests(port: int, count: int, path: str) -> list[socket.socket]:

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from load import probe
 from manager_harness import TIMEOUT, gapless_argv
-from serve_harness import APPS, Handover, probe
+from serve_harness import APPS, Handover
 
 from gapless.cli import build_parser
 from gapless.errors import OptionIgnoredError
