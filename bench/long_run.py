@@ -9,7 +9,7 @@ generation is ready (``gapless reload``). Every ``--every`` reloads, once the ol
 generation is gone, it samples the manager: open fds, RSS and zombie children.
 
 Prints one line per sample and a verdict; ``--json`` prints one JSON object per
-sample and a final summary object instead (tests/test_faults_long.py reads it).
+sample and a final summary object instead (tests/run/test_faults_long.py reads it).
 Exit status: 0 if no request failed and fds and zombies did not grow from the
 first sample to the last, else 1.
 """

@@ -47,8 +47,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from load import WRK, Wrk
 from manager_harness import Manager, app, running
-from run_load import WRK, Wrk
 from run_servers import BIN, ENV, SERVERS, reload_under_load, wait_drained
 
 from gapless.run.control import call
@@ -201,7 +201,7 @@ def cpu_seconds(pid: int) -> float:
 
 def measure(port: int, server: int, manager_pid: int | None, seconds: int, tmp: Path) -> Round:
     with on_cpu(1):  # the server on CPU 0, wrk on CPU 1, in both set-ups alike
-        wrk = Wrk(port, tmp, connections=32, close=False, seconds=seconds, announce=False)
+        wrk = Wrk(port, tmp, connections=32, close=False, seconds=seconds, count_responses=False)
     server_before = cpu_seconds(server)
     manager_before = cpu_seconds(manager_pid) if manager_pid else 0.0
     with wrk:

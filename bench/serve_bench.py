@@ -31,11 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from load import Prober, Wrk
 from serve_harness import (
     APPS,
     Handover,
-    Prober,
-    Wrk,
     head_complete,
     read_until,
     response_complete,

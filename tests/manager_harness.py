@@ -1,24 +1,22 @@
 """Helpers for tests of ``gapless run``: a manager in a subprocess whose stderr is
 read line by line (each wait is on a line, with a timeout), a control client, and
-a prober thread that counts failed requests."""
+a prober that counts failed requests."""
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import get
+import load
+from lines import Lines
 
 from gapless.run.control import call
 
@@ -36,50 +34,35 @@ def gapless_argv(*args: str) -> list[str]:
     return [PYTHON, "-m", "gapless.cli", *args]
 
 
-@dataclass
 class Manager:
-    """A ``gapless run`` subprocess and what it wrote on stderr so far."""
+    """A ``gapless run`` subprocess and what it wrote on stderr so far (once
+    :meth:`start_reader` has begun following it)."""
 
-    process: subprocess.Popen[str]
-    control: str
-    lines: list[str] = field(default_factory=list)
-    _queue: queue.SimpleQueue[str | None] = field(default_factory=queue.SimpleQueue)
-    _matched: set[int] = field(default_factory=set)
-    _ended: bool = False
+    def __init__(self, process: subprocess.Popen[str], control: str) -> None:
+        self.process = process
+        self.control = control
+        self.stderr: Lines | None = None
 
     def start_reader(self) -> None:
-        def read() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self._queue.put(line.rstrip("\n"))
-            self._queue.put(None)
+        assert self.process.stderr is not None
+        self.stderr = Lines(self.process.stderr)
 
-        threading.Thread(target=read, daemon=True).start()
+    @property
+    def lines(self) -> list[str]:
+        return self._stderr.lines
+
+    @property
+    def _stderr(self) -> Lines:
+        assert self.stderr is not None, "start_reader() first"
+        return self.stderr
 
     def wait_line(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
         """The first line not matched before that matches ``pattern``, read so far or
         still to come; fails loudly on timeout or EOF."""
-        regex = re.compile(pattern)
-        start = 0
-        while True:
-            for index in range(start, len(self.lines)):
-                match = regex.search(self.lines[index])
-                if match and index not in self._matched:
-                    self._matched.add(index)
-                    return match
-            start = len(self.lines)
-            try:
-                line = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                message = f"no line matching {pattern!r} in {timeout} s:\n{self.log()}"
-                raise AssertionError(message) from None
-            if line is None:
-                self._ended = True
-                raise AssertionError(f"manager ended before {pattern!r}:\n{self.log()}")
-            self.lines.append(line)
+        return self._stderr.wait_line(pattern, timeout)
 
     def log(self) -> str:
-        return "\n".join(self.lines[-40:])
+        return self._stderr.tail(40)
 
     def call(self, cmd: str, **fields: Any) -> dict[str, Any]:
         return call(self.control, cmd, timeout=TIMEOUT, **fields)
@@ -104,12 +87,7 @@ class Manager:
 
     def read_to_end(self, timeout: float = TIMEOUT) -> None:
         """Collect stderr up to its end (the manager has exited or was killed)."""
-        while not self._ended:
-            line = self._queue.get(timeout=timeout)
-            if line is None:
-                self._ended = True
-            else:
-                self.lines.append(line)
+        self._stderr.read_to_end(timeout)
 
 
 @contextmanager
@@ -162,59 +140,8 @@ def write_command(path: Path, argv: Sequence[str]) -> list[str]:
     return app("switch.py", str(path))
 
 
-class Prober(threading.Thread):
-    """GETs the server again and again, a new connection each time, counting failures."""
+class Prober(load.Prober):
+    """``load.Prober``, one thread, with this module's request timeout."""
 
     def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.done = threading.Event()
-        self.answered = 0
-        self.failures: list[str] = []
-        self.pids: set[int] = set()
-        self._changed = threading.Condition()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            reply = get(self.port, timeout=TIMEOUT)
-            with self._changed:
-                if reply.status == 200:
-                    self.answered += 1
-                    if reply.pid is not None:
-                        self.pids.add(reply.pid)
-                else:
-                    self.failures.append(reply.error or f"HTTP {reply.status}")
-                self._changed.notify_all()
-
-    def wait_answer_from(self, pid: int | None = None) -> None:
-        """Wait for an answer (from ``pid`` if given), fail loudly after TIMEOUT."""
-        with self._changed:
-            ok = self._changed.wait_for(
-                lambda: (pid in self.pids) if pid is not None else self.answered > 0, TIMEOUT
-            )
-        assert ok, f"no answer from {pid or 'any pid'} in {TIMEOUT} s: {self.failures[:3]}"
-
-    def wait_answer_from_any(self, pids: Collection[int]) -> None:
-        """Wait for an answer from one of ``pids`` (a generation's processes)."""
-        with self._changed:
-            ok = self._changed.wait_for(lambda: not self.pids.isdisjoint(pids), TIMEOUT)
-        assert ok, f"no answer from any of {sorted(pids)} in {TIMEOUT} s: {self.failures[:3]}"
-
-    def wait_answers(self, count: int) -> None:
-        """Wait until ``count`` requests were answered in all."""
-        with self._changed:
-            ok = self._changed.wait_for(lambda: self.answered >= count, TIMEOUT)
-        assert ok, f"only {self.answered} answers in {TIMEOUT} s: {self.failures[:3]}"
-
-    def __enter__(self) -> Prober:
-        self.start()
-        self.wait_answer_from()
-        return self
-
-    def finish(self) -> None:
-        """Stop probing (before the server is stopped on purpose)."""
-        self.done.set()
-        self.join(TIMEOUT)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.finish()
+        super().__init__(port, timeout=TIMEOUT)

@@ -6,7 +6,6 @@ that kills every process an instance's log names."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
@@ -15,60 +14,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO
 
+from lines import Lines
 from manager_harness import DEMO, gapless_argv
 
 TIMEOUT = 15.0
-
-
-class Lines:
-    """The lines of a text stream, read by a thread; waits are on lines, with a timeout."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._matched: set[int] = set()
-        self.ended = False
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        with suppress(ValueError, OSError):
-            for line in stream:
-                self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_line(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
-        """The first line not matched before that matches ``pattern``, read so far or
-        still to come (several processes may write to one stream, in any order)."""
-        regex = re.compile(pattern)
-        start = 0
-        while True:
-            for index in range(start, len(self.lines)):
-                match = regex.search(self.lines[index])
-                if match and index not in self._matched:
-                    self._matched.add(index)
-                    return match
-            start = len(self.lines)
-            if self.ended:
-                raise AssertionError(f"stream ended before {pattern!r}:\n{self.tail()}")
-            try:
-                line = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no {pattern!r} in {timeout} s:\n{self.tail()}") from None
-            if line is None:
-                self.ended = True
-            else:
-                self.lines.append(line)
-
-    def collect(self) -> None:
-        """Take in what was read so far, without waiting."""
-        with suppress(queue.Empty):
-            while (line := self._queue.get_nowait()) is not None:
-                self.lines.append(line)
-
-    def tail(self, count: int = 60) -> str:
-        return "\n".join(self.lines[-count:])
 
 
 def kill_everything_named(lines: Lines) -> None:

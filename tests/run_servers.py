@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from load import WRK, Wrk, WrkReport
 from manager_harness import APPS, PYTHON, Manager, Prober
-from run_load import WRK, Wrk, WrkReport
 
 from gapless.run.control import call
 
@@ -154,7 +154,11 @@ def reload_under_load(manager: Manager, script_dir: Path, reloads: int) -> Outco
     """
     outcome = Outcome()
     with Prober(manager.port) as prober, contextlib.ExitStack() as stack:
-        wrk = stack.enter_context(Wrk(manager.port, script_dir)) if WRK else None
+        wrk = (
+            stack.enter_context(Wrk(manager.port, script_dir, connections=8, close=True))
+            if WRK
+            else None
+        )
         if wrk:
             wrk.wait_started()
         for _ in range(reloads):

@@ -3,27 +3,23 @@
 A :class:`Handover` holds one listening socket and a notify socket, spawns
 generations with :func:`gapless.proc.spawn.spawn`, waits for each one's READY=1
 (or, for servers that speak no notify protocol, for it to accept on the socket),
-then SIGTERMs the previous one. :class:`Wrk` and :class:`Prober` load the socket
+then SIGTERMs the previous one. ``load.Prober`` and ``load.Wrk`` load the socket
 meanwhile and report every failed request by class.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import re
 import select
 import selectors
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,136 +155,6 @@ def _describe(child: Child) -> str:
     return status.describe() if status else "ended"
 
 
-@dataclass
-class LoadResult:
-    requests: int
-    failures: Counter[str] = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failures.values())
-
-
-# done() runs in wrk's main Lua state through an unprotected lua_call: any error
-# there (a nil from a thread, say) makes LuaJIT panic and exit(1) right after wrk
-# printed its own summary, which is how "no report from wrk" looked. So done()
-# protects itself, counts a missing value as 0, writes any error, and flushes; and
-# Wrk.stop falls back on wrk's own summary lines, with wrk's stderr in the message.
-WRK_SCRIPT = """
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) non2xx = 0 end
-function response(status, headers, body)
-  if status < 200 or status > 299 then non2xx = non2xx + 1 end
-end
-local function report(summary)
-  local bad = 0
-  for _, t in ipairs(threads) do bad = bad + (tonumber(t:get("non2xx")) or 0) end
-  local e = summary.errors
-  io.write(string.format("GAPLESS requests=%d connect=%d read=%d write=%d timeout=%d non2xx=%d\\n",
-    summary.requests, e.connect, e.read, e.write, e.timeout, bad))
-end
-function done(summary, latency, requests)
-  local ok, err = pcall(report, summary)
-  if not ok then io.write("GAPLESS-ERROR " .. tostring(err) .. "\\n") end
-  io.flush()
-end
-"""
-_WRK_LINE = re.compile(
-    r"GAPLESS requests=(\d+) connect=(\d+) read=(\d+) write=(\d+) timeout=(\d+) non2xx=(\d+)"
-)
-# wrk's own summary: the fallback when the script's line is missing.
-_WRK_REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.M)
-_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_WRK_STATUS = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-
-
-class Wrk:
-    """wrk in the background until :meth:`stop` (SIGINT: wrk then reports as at its end)."""
-
-    def __init__(self, port: int, script_dir: Path, *, connections: int = 16, close: bool = False):
-        wrk = shutil.which("wrk")
-        assert wrk is not None
-        script = script_dir / "report.lua"
-        script.write_text(WRK_SCRIPT)
-        argv = [wrk, "-t1", f"-c{connections}", "-d120s", "--timeout", "10s", "-s", str(script)]
-        if close:
-            argv += ["-H", "Connection: close"]
-        self.process = subprocess.Popen(
-            [*argv, f"http://127.0.0.1:{port}/"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def stop(self) -> LoadResult:
-        self.process.send_signal(signal.SIGINT)
-        out, err = self.process.communicate(timeout=TIMEOUT)
-        names = ("connect", "read", "write", "timeout", "non2xx")
-        match = _WRK_LINE.search(out)
-        if match:
-            requests, *counts = (int(group) for group in match.groups())
-        else:  # wrk's own lines; its non-2xx count is of statuses above 399
-            found = _WRK_REQUESTS.search(out)
-            assert found, f"no report from wrk (exit {self.process.returncode}):\n{out}\n{err}"
-            requests = int(found.group(1))
-            socket_errors = _WRK_SOCKET.search(out)
-            status = _WRK_STATUS.search(out)
-            counts = [int(n) for n in socket_errors.groups()] if socket_errors else [0] * 4
-            counts.append(int(status.group(1)) if status else 0)
-        failures = Counter(
-            {name: count for name, count in zip(names, counts, strict=True) if count}
-        )
-        return LoadResult(requests, failures, [out + err] if failures else [])
-
-
-class Prober:
-    """Threads sending one request after another, each failure recorded by class.
-
-    Args:
-        port: where to send.
-        tls: an SSL context to speak HTTPS with, or None for plain HTTP.
-        threads: how many threads; even ones open a connection per request,
-            odd ones keep theirs alive as long as the server allows.
-    """
-
-    def __init__(self, port: int, threads: int = 4, tls: ssl.SSLContext | None = None):
-        self.port = port
-        self.tls = tls
-        self.result = LoadResult(0)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(bool(i % 2),), daemon=True)
-            for i in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, keep_alive: bool) -> None:
-        connection = (
-            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.tls)
-            if self.tls
-            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        )
-        while not self._stop.is_set():
-            failure = probe(connection)
-            with self._lock:
-                self.result.requests += 1
-                if failure:
-                    self.result.failures[failure.split(":")[0]] += 1
-                    self.result.examples.append(failure)
-            if failure or not keep_alive:
-                connection.close()
-
-    def stop(self) -> LoadResult:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(TIMEOUT)
-        return self.result
-
-
 def self_signed(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
     """A certificate and key for 127.0.0.1 made by openssl, and a client context trusting it."""
     cert, key = directory / "cert.pem", directory / "key.pem"
@@ -300,31 +166,6 @@ def self_signed(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
         capture_output=True,
     )
     return cert, key, ssl.create_default_context(cafile=str(cert))
-
-
-def probe(connection: http.client.HTTPConnection, path: str = "/") -> str | None:
-    """One request; None if it got a 2xx, else its failure class (and detail)."""
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        response.read()
-    except ConnectionRefusedError as exc:
-        return f"refused: {exc}"
-    except http.client.RemoteDisconnected as exc:
-        return f"closed without answer: {exc}"
-    except (ConnectionResetError, BrokenPipeError) as exc:
-        return f"reset: {exc}"
-    except TimeoutError as exc:
-        return f"timeout: {exc}"
-    except ssl.SSLError as exc:
-        return f"tls: {exc}"
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    if response.status >= 500:
-        return f"status {response.status}"
-    if not 200 <= response.status < 300:
-        return f"non-2xx: {response.status}"
-    return None
 
 
 def send_requests(port: int, count: int, path: str) -> list[socket.socket]:

@@ -1,4 +1,4 @@
-"""A minimal ASGI app for tests/test_acceptwatch.py (uvicorn, hypercorn)."""
+"""A minimal ASGI app for tests/run/test_acceptwatch.py (uvicorn, hypercorn)."""
 
 from __future__ import annotations
 

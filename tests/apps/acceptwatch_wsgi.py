@@ -1,4 +1,4 @@
-"""A minimal WSGI app for tests/test_acceptwatch.py (gunicorn)."""
+"""A minimal WSGI app for tests/run/test_acceptwatch.py (gunicorn)."""
 
 from __future__ import annotations
 

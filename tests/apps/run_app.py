@@ -1,4 +1,4 @@
-"""WSGI and ASGI apps for tests/test_run_servers.py: every answer is ``pid <PID>``.
+"""WSGI and ASGI apps for tests/run/test_run_servers.py: every answer is ``pid <PID>``.
 
 ``gunicorn run_app:wsgi``, ``uvicorn run_app:asgi``, ``hypercorn run_app:asgi``.
 """

@@ -18,7 +18,7 @@ States::
 ``Drained`` is also what :meth:`~gapless.library.upgrader.Upgrader.close` feeds, so every
 state takes it; ``Ready`` too is taken everywhere (a late ``ready()`` changes nothing).
 
-Rules kept here (and tested by name in tests/test_protocol.py):
+Rules kept here (and tested by name in tests/library/test_protocol.py):
 
 * at most one successor is starting; a request while one starts joins it;
 * the process stops accepting only after its successor reported ready;

@@ -15,7 +15,7 @@ A generation's life::
     DRAINING / KILLED --ChildExited--> EXITED, or stays until GroupExited when
         the leader left members of its process group behind
 
-Rules kept here, each tested by name in tests/test_generations.py:
+Rules kept here, each tested by name in tests/run/test_generations.py:
 
 * at most one generation is starting; reload requests that arrive meanwhile
   coalesce into at most one queued follow-up, so a storm of requests starts at

@@ -12,8 +12,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from lines import Lines
 from manager_harness import TIMEOUT, Prober, app, gapless_argv
-from restart_harness import Lines, SlowRequest, instances, port_of
+from restart_harness import SlowRequest, instances, port_of
 
 from gapless.proc.pidfile import read_pid_file
 from gapless.run.control import call

@@ -6,7 +6,7 @@ datagrams, fds passed along, and well-formed ones from a process outside every
 generation: each is dropped and counted in the log (the first of each second
 in full, the rest in one line a second with their number), and ``gapless
 status`` stays the same while a prober sees no failure. The parser itself is
-fuzzed in tests/test_notify.py; this is the manager's side.
+fuzzed in tests/systemd/test_notify.py; this is the manager's side.
 """
 
 from __future__ import annotations

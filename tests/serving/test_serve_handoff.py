@@ -7,10 +7,11 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from lines import Lines
 from manager_harness import Prober, gapless_argv
-from restart_harness import Instances, Lines, port_of
+from restart_harness import Instances, port_of
 
-APPS = Path(__file__).parent / "apps"
+APPS = Path(__file__).parents[1] / "apps"
 
 
 class ServeInstances(Instances):

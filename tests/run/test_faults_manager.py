@@ -111,7 +111,7 @@ def test_after_sigkill_of_the_manager_its_generation_drains_and_a_restart_serves
 
 # The venv's interpreter may sit where uid 65534 cannot go (/root): the system's.
 SYSTEM_PYTHON = "/usr/bin/python3"
-SRC = Path(__file__).parent.parent / "src"
+SRC = Path(__file__).parents[2] / "src"
 
 
 @contextlib.contextmanager

@@ -20,8 +20,8 @@ import socket
 from pathlib import Path
 
 import pytest
+from load import WRK
 from manager_harness import TIMEOUT, app, running
-from run_load import WRK
 from run_servers import CLOSED_UNANSWERED, ENV, SERVERS, Server, reload_under_load, wait_drained
 
 from gapless.cli import main as gapless_main

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from load import Prober, Wrk, probe
 from manager_harness import TIMEOUT, Manager, _kill_leftovers, gapless_argv, running
-from serve_harness import APPS, Prober, Wrk, probe, self_signed
+from serve_harness import APPS, self_signed
 
 RELOADS = 5
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")

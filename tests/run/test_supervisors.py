@@ -19,8 +19,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+from lines import Lines
 from manager_harness import DEMO, Prober
-from restart_harness import TIMEOUT, Lines, SlowRequest, kill_everything_named
+from restart_harness import TIMEOUT, SlowRequest, kill_everything_named
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,6 +1,6 @@
 """Every misuse of the command line: one line naming the problem, exit code 2.
 
-Table-driven over every subcommand and option; tests/test_cli_run.py has the
+Table-driven over every subcommand and option; tests/run/test_cli_run.py has the
 first cases of the same contract (run as subprocesses), not repeated here.
 """
 

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from load import Prober
 from manager_harness import Manager, gapless_argv, running
-from serve_harness import APPS, TIMEOUT, Prober, open_websockets, pump_websockets
+from serve_harness import APPS, TIMEOUT, open_websockets, pump_websockets
 
 from gapless.run.control import call
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parent.parent / "bench" / "long_run.py"
+SCRIPT = Path(__file__).parents[2] / "bench" / "long_run.py"
 
 
 @pytest.mark.timeout(240)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import select
 import shutil
 import socket
 import string
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from lines import read_line, read_until_eof
 
 from gapless.errors import InheritanceError
 from gapless.sockets.addresses import Address, Bind, FdAddress, TcpAddress, UnixAddress, parse_bind
@@ -205,20 +204,6 @@ _CHILD = textwrap.dedent(
 )
 
 
-def read_until_eof(fd: int, timeout: float = 20.0) -> bytes:
-    deadline = time.monotonic() + timeout
-    chunks = []
-    while True:
-        remaining = deadline - time.monotonic()
-        ready, _, _ = select.select([fd], [], [], max(remaining, 0))
-        if not ready:
-            raise AssertionError(f"no EOF from the child within {timeout} s")
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
 def run_with_listen_fds(fds: list[int], names: list[str | None], listen_pid: str) -> dict:
     """Run the child with ``fds`` on 3, 4, ... and LISTEN_PID set by the shell that execs it."""
     # Out of the way of 3, 4 first, so no dup2 action overwrites a later source.
@@ -234,7 +219,7 @@ def run_with_listen_fds(fds: list[int], names: list[str | None], listen_pid: str
     for fd in [*high, write_end]:
         os.close(fd)
     try:
-        output = read_until_eof(read_end)
+        output = read_until_eof(read_end, 20.0)
     finally:
         os.close(read_end)
         _, status = os.waitpid(pid, 0)
@@ -287,12 +272,12 @@ def test_under_systemd_socket_activate(tmp_path: Path) -> None:
         assert tool.stdout is not None and tool.stderr is not None
         try:
             # It execs the child only once a client connects, after saying it listens.
-            line = _readline(tool.stderr.fileno())
+            line = read_line(tool.stderr.fileno(), 20.0).decode()
             assert line.startswith("Listening on"), line
             with socket.socket(socket.AF_UNIX) as client:
                 client.connect(str(path))
                 client.sendall(b"ping")
-                output = read_until_eof(tool.stdout.fileno())
+                output = read_until_eof(tool.stdout.fileno(), 20.0)
             assert tool.wait(timeout=20) == 0
         finally:
             if tool.poll() is None:
@@ -302,20 +287,6 @@ def test_under_systemd_socket_activate(tmp_path: Path) -> None:
     assert result["accepted"] == ["AF_UNIX", "ping"]
     assert result["env"] == []
     assert result["grandchild_env"] == []
-
-
-def _readline(fd: int, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while not data.endswith(b"\n"):
-        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
-        if not ready:
-            raise AssertionError(f"no line within {timeout} s, got {data!r}")
-        chunk = os.read(fd, 1)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode()
 
 
 # ---------------------------------------------------------------- match_binds

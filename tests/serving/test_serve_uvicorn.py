@@ -15,13 +15,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from load import Prober, Wrk, probe
 from serve_harness import (
     Handover,
-    Prober,
-    Wrk,
     head_complete,
     open_websockets,
-    probe,
     pump_websockets,
     read_until,
     response_complete,

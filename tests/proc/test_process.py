@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lines import read_line
 
 from gapless.errors import InheritanceError, SuccessorSpawnError
 from gapless.proc.spawn import Child, ExitStatus, StderrTail, spawn
@@ -90,18 +91,6 @@ def listeners(tmp_path: Path) -> Iterator[list[socket.socket]]:
     yield socks
     for s in socks:
         s.close()
-
-
-def read_line(fd: int) -> bytes:
-    data = b""
-    deadline = time.monotonic() + TIMEOUT
-    while not data.endswith(b"\n"):
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        assert ready, f"no line from the child in {TIMEOUT} s, got {data!r}"
-        chunk = os.read(fd, 1024)
-        assert chunk, f"EOF before a full line, got {data!r}"
-        data += chunk
-    return data
 
 
 def test_listen_pid_is_the_execd_childs_own_pid(
@@ -187,7 +176,7 @@ def test_extra_fds_follow_the_listeners_and_name_their_number(
     )
     os.close(w)
     try:
-        assert read_line(r) == b"5\n"
+        assert read_line(r, TIMEOUT) == b"5\n"
     finally:
         os.close(r)
     assert child.wait(TIMEOUT) == ExitStatus(0)
@@ -235,7 +224,7 @@ grandchild.wait()
     child = spawn_child(python(script), new_process_group=True, extra_fds={"PID_FD": w})
     os.close(w)
     try:
-        grandchild = int(read_line(r))
+        grandchild = int(read_line(r, TIMEOUT))
     finally:
         os.close(r)
     assert os.getpgid(child.pid) == child.pid

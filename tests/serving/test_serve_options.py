@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from load import probe
 from manager_harness import TIMEOUT, gapless_argv
-from serve_harness import APPS, Handover, probe
+from serve_harness import APPS, Handover
 
 from gapless.cli import build_parser
 from gapless.errors import OptionIgnoredError
@@ -32,7 +33,7 @@ from gapless.serving.options import (
     stack_of,
 )
 
-DOC = Path(__file__).parent.parent / "docs" / "serve.md"
+DOC = Path(__file__).parents[2] / "docs" / "serve.md"
 
 
 def test_the_doc_table_is_the_declaration() -> None:

@@ -11,15 +11,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from serve_harness import (
-    Handover,
-    Prober,
-    Wrk,
-    read_until,
-    response_complete,
-    runner_argv,
-    send_requests,
-)
+from load import Prober, Wrk
+from serve_harness import Handover, read_until, response_complete, runner_argv, send_requests
 
 HANDOVERS = 5
 WSGI = runner_argv("serve_wsgi_app:app", "--threads", "64")

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from lines import Lines
 from manager_harness import DEMO, TIMEOUT, Prober, gapless_argv, running
-from restart_harness import Lines, kill_everything_named
+from restart_harness import kill_everything_named
 
 from gapless.proc.spawn import Child, spawn
 from gapless.systemd.fdstore import fd_store_size, given_back_names, store_listeners

@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(300)
 
-SCRIPT = Path(__file__).parent.parent / "bench" / "chaos.py"
+SCRIPT = Path(__file__).parents[2] / "bench" / "chaos.py"
 FAULTS = 30
 KINDS = (
     "kill-generation", "stop-generation", "hang-on-start", "crash-on-start", "reload",

@@ -24,7 +24,7 @@ import gapless
 
 # The last commit of the flat layout; its manager writes state version 1.
 FLAT_LAYOUT = "89f2477"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = Path(gapless.__file__).resolve().parents[1]
 
 

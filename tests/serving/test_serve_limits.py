@@ -13,7 +13,8 @@ import socket
 import time
 
 import pytest
-from serve_harness import Handover, probe, runner_argv
+from load import probe
+from serve_harness import Handover, runner_argv
 
 READ_TIMEOUT = 1.0
 #: How long a test waits for the server to cut: the timeout plus a margin for a

@@ -17,7 +17,7 @@ from gapless.proc.spawn import Child, spawn
 from gapless.run.acceptwatch import accepting, socket_inode
 
 TIMEOUT = 10.0
-APPS = Path(__file__).parent / "apps"
+APPS = Path(__file__).parents[1] / "apps"
 VENV_BIN = Path(sys.executable).parent
 
 # The child gets the listener on fd 3, says "waiting" on REPORT_FD, blocks until the test
