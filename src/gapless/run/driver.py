@@ -61,6 +61,7 @@ from .generations import (
     SpawnFailed,
     StopRequested,
 )
+from .processes import Processes, ProcessesFactory
 from .readiness import Readiness
 from .state import adopt_generations, export_generations, unadoptable
 from .status import snapshot, summary
@@ -83,6 +84,9 @@ class Driver:
         on_report: called with each start's result and the failed child's last
             stderr lines, to answer the clients waiting on it.
         faults: the test-only fault injection (gapless.run.faults).
+        children: makes the generations' processes from the driver's exit callback;
+            None: the real :class:`~gapless.run.children.Children` (a test may give
+            a fake, see gapless.run.processes).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class Driver:
         upstream: Upstream,
         on_report: Reporter,
         faults: Faults | None = None,
+        children: ProcessesFactory | None = None,
     ) -> None:
         self.config = config
         self._environ = dict(environ)
@@ -103,9 +108,12 @@ class Driver:
         self._machine = Generations(
             config.ready_timeout, config.drain_timeout, int(config.stop_signal)
         )
-        self._children = Children(
-            selector, log, self._on_exit, int(config.stop_signal), config.drain_timeout
-        )
+        self._children: Processes
+        if children is None:
+            stop, grace = int(config.stop_signal), config.drain_timeout
+            self._children = Children(selector, log, self._on_exit, stop, grace)
+        else:
+            self._children = children(self._on_exit)
         self.exit_code: int | None = None
         self._events: collections.deque[Event] = collections.deque()
         self._feeding = False

@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..sockets.listeners import UnixPathStamp, adopt_listener
-from .children import Children, GenerationProcess
+from .children import GenerationProcess
 from .config import Listener, ManagerConfig
 from .generations import LIVE, Generation, Generations, GenState, Phase, ReloadResult
+from .processes import Processes
 from .readiness import ReadyMode
 from .upstream import Upstream
 
@@ -47,7 +48,7 @@ def stamp_from_json(value: list[Any] | None) -> UnixPathStamp | None:
 
 
 def export_generations(
-    machine: Generations, children: Children
+    machine: Generations, children: Processes
 ) -> tuple[dict[str, Any], list[int]]:
     """The generations' part of the state, and the fds the new process must keep
     (the watchdog's pipe, each generation's stderr pipe).
@@ -76,7 +77,7 @@ def export_generations(
     return state, fds
 
 
-def unadoptable(machine: Generations, children: Children) -> list[GenerationProcess]:
+def unadoptable(machine: Generations, children: Processes) -> list[GenerationProcess]:
     """The generations still live whose leader was reaped already: their group
     lingers, and only a pidfd of the leader could be handed over."""
     procs = [children.process(gen.number) for gen in machine.in_state(*LIVE)]
@@ -84,7 +85,7 @@ def unadoptable(machine: Generations, children: Children) -> list[GenerationProc
 
 
 def adopt_generations(
-    state: Mapping[str, Any], children: Children, machine: Generations, upstream: Upstream
+    state: Mapping[str, Any], children: Processes, machine: Generations, upstream: Upstream
 ) -> None:
     """In the new process: watch the generations handed over and restore their states
     (and, after a recovery, a stop or a follow-up reload under way)."""

@@ -15,16 +15,16 @@ from typing import Any
 from ..proc.subreaper import group_members
 from ..sockets.connections import ConnectionCounter
 from ..sockets.listeners import listener_address
-from .children import Children
 from .config import Listener
 from .generations import LIVE, Generation, Generations, GenState, Phase, ReloadResult
+from .processes import Processes
 
 __all__ = ["snapshot", "summary"]
 
 
 def snapshot(
     machine: Generations,
-    children: Children,
+    children: Processes,
     listeners: Sequence[Listener],
     about: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def snapshot(
     }
 
 
-def summary(machine: Generations, children: Children) -> str:
+def summary(machine: Generations, children: Processes) -> str:
     """One line for systemd's STATUS=, e.g. ``generation 2 active (pid 41); 1 draining``."""
     if machine.phase is not Phase.RUNNING:
         return f"stopping: {len(machine.in_state(*LIVE))} generation(s) left"
@@ -70,7 +70,7 @@ def summary(machine: Generations, children: Children) -> str:
 
 
 def _describe(
-    gen: Generation, children: Children, counter: ConnectionCounter, now: float
+    gen: Generation, children: Processes, counter: ConnectionCounter, now: float
 ) -> dict[str, Any]:
     proc = children.process(gen.number)
     deadline = gen.drain_deadline if gen.state is GenState.DRAINING else None
