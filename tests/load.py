@@ -278,20 +278,20 @@ class Prober:
     def _run(self, keep_alive: bool) -> None:
         connection = self._connect()
         while not self._stop.is_set():
-            failure, status, body = request(connection)
-            if failure is None and status != 200:
-                failure = f"non-200: {status}"
+            kind, failure, status, body = request(connection)
+            if kind is None and status != 200:
+                kind = "non-200"
             with self._changed:
                 self.result.requests += 1
-                if failure:
-                    self.result.failures[failure.split(":")[0]] += 1
+                if kind is not None:
+                    self.result.failures[kind] += 1
                     self.failures.append(failure)
                 else:
                     self.answered += 1
                     if match := _PID.match(body):
                         self.pids.add(int(match.group(1)))
                 self._changed.notify_all()
-            if failure or not keep_alive:
+            if kind is not None or not keep_alive:
                 connection.close()
 
     def _wait_for(self, done: Callable[[], bool], what: str) -> None:
@@ -335,32 +335,37 @@ class Prober:
 _PID = re.compile(r"pid (\d+)")
 
 
-def request(connection: http.client.HTTPConnection, path: str = "/") -> tuple[str | None, int, str]:
-    """One request: (None if it got a 2xx else its failure class and detail, its
-    status or 0, its body)."""
+def request(
+    connection: http.client.HTTPConnection, path: str = "/"
+) -> tuple[str | None, str, int, str]:
+    """One request: its failure class (None if it got a 2xx), the failure as
+    ``ExceptionType: message`` or ``HTTP status``, its status or 0, its body."""
     try:
         connection.request("GET", path)
         response = connection.getresponse()
         body = response.read().decode(errors="replace")
-    except ConnectionRefusedError as exc:
-        return f"refused: {exc}", 0, ""
-    except http.client.RemoteDisconnected as exc:
-        return f"closed without answer: {exc}", 0, ""
-    except (ConnectionResetError, BrokenPipeError) as exc:
-        return f"reset: {exc}", 0, ""
-    except TimeoutError as exc:
-        return f"timeout: {exc}", 0, ""
-    except ssl.SSLError as exc:
-        return f"tls: {exc}", 0, ""
     except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}", 0, ""
-    if response.status >= 500:
-        return f"status {response.status}", response.status, body
-    if not 200 <= response.status < 300:
-        return f"non-2xx: {response.status}", response.status, body
-    return None, response.status, body
+        return _failure_class(exc), f"{type(exc).__name__}: {exc}", 0, ""
+    status = response.status
+    kind = None if 200 <= status < 300 else "status" if status >= 500 else "non-2xx"
+    return kind, f"HTTP {status}", status, body
+
+
+def _failure_class(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "closed without answer"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "reset"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    return type(exc).__name__
 
 
 def probe(connection: http.client.HTTPConnection, path: str = "/") -> str | None:
-    """One request; None if it got a 2xx, else its failure class (and detail)."""
-    return request(connection, path)[0]
+    """One request; None if it got a 2xx, else ``class: ExceptionType: message``."""
+    kind, detail, _, _ = request(connection, path)
+    return None if kind is None else f"{kind}: {detail}"
