@@ -26,8 +26,7 @@ RELOAD_TIMEOUT = 60.0  # a busy CI machine takes seconds to start a Python serve
 
 # What a server does to a connection it accepted but has not read yet when it gets
 # SIGTERM: close it unanswered. The client sees it as these, never as a refusal.
-# How tests/load.py's prober names a request closed or reset unanswered.
-CLOSED_UNANSWERED = ("closed without answer:", "reset:", "BadStatusLine:")
+CLOSED_UNANSWERED = ("RemoteDisconnected", "ConnectionResetError", "BadStatusLine")
 
 
 @dataclass(frozen=True)
