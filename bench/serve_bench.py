@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from load import Prober, Wrk
+from load import Wrk
+from prober import Prober
 from serve_harness import (
     APPS,
     Handover,

@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import load
+import prober
 from lines import Lines
 
 from gapless.run.control import call
@@ -140,8 +140,8 @@ def write_command(path: Path, argv: Sequence[str]) -> list[str]:
     return app("switch.py", str(path))
 
 
-class Prober(load.Prober):
-    """``load.Prober``, one thread, with this module's request timeout."""
+class Prober(prober.Prober):
+    """``prober.Prober``, one thread, with this module's request timeout."""
 
     def __init__(self, port: int) -> None:
         super().__init__(port, timeout=TIMEOUT)

@@ -3,7 +3,7 @@
 A :class:`Handover` holds one listening socket and a notify socket, spawns
 generations with :func:`gapless.proc.spawn.spawn`, waits for each one's READY=1
 (or, for servers that speak no notify protocol, for it to accept on the socket),
-then SIGTERMs the previous one. ``load.Prober`` and ``load.Wrk`` load the socket
+then SIGTERMs the previous one. ``prober.Prober`` and ``load.Wrk`` load the socket
 meanwhile and report every failed request by class.
 """
 

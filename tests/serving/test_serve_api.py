@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from load import Prober
 from manager_harness import Manager, gapless_argv, running
+from prober import Prober
 from serve_harness import APPS, TIMEOUT, open_websockets, pump_websockets
 
 from gapless.run.control import call

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from load import Prober, Wrk, probe
+from load import Wrk
 from manager_harness import TIMEOUT, Manager, _kill_leftovers, gapless_argv, running
+from prober import Prober, probe
 from serve_harness import APPS, self_signed
 
 RELOADS = 5

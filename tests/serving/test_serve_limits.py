@@ -13,7 +13,7 @@ import socket
 import time
 
 import pytest
-from load import probe
+from prober import probe
 from serve_harness import Handover, runner_argv
 
 READ_TIMEOUT = 1.0

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from load import probe
 from manager_harness import TIMEOUT, gapless_argv
+from prober import probe
 from serve_harness import APPS, Handover
 
 from gapless.cli import build_parser

@@ -15,7 +15,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from load import Prober, Wrk, probe
+from load import Wrk
+from prober import Prober, probe
 from serve_harness import (
     Handover,
     head_complete,

@@ -11,7 +11,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from load import Prober, Wrk
+from load import Wrk
+from prober import Prober
 from serve_harness import Handover, read_until, response_complete, runner_argv, send_requests
 
 HANDOVERS = 5
