@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import selectors
 import signal
 import socket
@@ -111,24 +110,6 @@ def connect_unix(path: str, timeout: float, rcvbuf: int | None = None) -> socket
         sock.close()
         raise
     return sock
-
-
-def wait_pids(pids: list[int], timeout: float) -> list[int]:
-    """Wait until every process in ``pids`` has exited; return those still running."""
-    fds: dict[int, int] = {}
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            fds[os.pidfd_open(pid)] = pid
-    deadline = time.monotonic() + timeout
-    try:
-        while fds and (left := deadline - time.monotonic()) > 0:
-            for fd in select.select(list(fds), [], [], left)[0]:
-                os.close(fd)
-                del fds[fd]
-        return sorted(fds.values())
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def reap_adopted(leaders: set[int]) -> None:

@@ -24,10 +24,10 @@ from chaos_basics import (
     FaultRecord,
     kill_groups,
     our_processes,
-    wait_pids,
 )
 from chaos_target import Target
 
+from gapless.bench.processes import still_running
 from gapless.bench.wrk import lua_script, parse_report, wrk_path
 from gapless.errors import BenchError
 
@@ -172,7 +172,7 @@ class Campaign:
         alive = our_processes(target.leaders)
         # Its generations drain (PR_SET_PDEATHSIG) or were killed: what still runs
         # after the drain timeout was left behind.
-        wait_pids(alive, target.config.drain_timeout + TIMEOUT)
+        still_running(alive, target.config.drain_timeout + TIMEOUT)
         left = target.left_behind()
         record.left_behind += [f"pid {pid}: {line}" for pid, line in left.items()]
         kill_groups(list(left))

@@ -28,12 +28,12 @@ from chaos_basics import (
     connect_unix,
     final_answers,
     kill_groups,
-    wait_pids,
 )
 from chaos_campaign import Chaos
 from chaos_log import ManagerLog
 from chaos_target import Target
 
+from gapless.bench.processes import still_running
 from gapless.run.generations import CRASH_LIMIT, CRASH_WINDOW
 
 RELOAD = b'{"v": 1, "cmd": "reload"}\n'
@@ -174,17 +174,17 @@ def kill_manager(chaos: Chaos, record: FaultRecord) -> None:
     record.inject_at = time.monotonic()
     record.kills.append(record.inject_at)
     target.kill()
-    # PR_SET_PDEATHSIG: each leader gets its stop signal, drains and exits.
-    still = wait_pids(pids, target.config.drain_timeout + TIMEOUT)
+    # The watchdog: each generation's group gets its stop signal, drains and exits.
+    still = still_running(pids, target.config.drain_timeout + TIMEOUT)
     restart(chaos, record, still, record.inject_at)
 
 
-def restart(chaos: Chaos, record: FaultRecord, still_running: list[int], since: float) -> None:
+def restart(chaos: Chaos, record: FaultRecord, survivors: list[int], since: float) -> None:
     """Start the next manager once the last one ended (stopped ``since``): an outage."""
     target = chaos.target
     left = target.left_behind()
     record.left_behind += [f"pid {pid}: {line}" for pid, line in left.items()]
-    kill_groups([*still_running, *left])
+    kill_groups([*survivors, *left])
     record.outages.append((since, target.start()))
     record.image_changed = True
     chaos.kills.clear()  # a new manager counts crashes anew

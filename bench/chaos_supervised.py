@@ -25,10 +25,12 @@ import subprocess
 import time
 from typing import Any
 
-from chaos_basics import PYTHON, TIMEOUT, FaultProblem, FaultRecord, ask, kill_groups, wait_pids
+from chaos_basics import PYTHON, TIMEOUT, FaultProblem, FaultRecord, ask, kill_groups
 from chaos_campaign import Chaos
 from chaos_log import ManagerLog
 from chaos_target import Target
+
+from gapless.bench.processes import still_running
 
 
 def available() -> bool:
@@ -113,7 +115,7 @@ def _kill_front(service: Service, record: FaultRecord) -> None:
     record.inject_at = time.monotonic()
     os.kill(front, signal.SIGKILL)
     service.log.wait_count("ready", ready, service.timeout)
-    if wait_pids([manager], service.timeout):
+    if still_running([manager], service.timeout):
         raise FaultProblem(f"the manager detached from a killed front (pid {manager}) stays")
 
 
@@ -126,7 +128,7 @@ def _kill_manager(service: Service, record: FaultRecord) -> float:
     killed_at = time.monotonic()
     record.kills.append(killed_at)
     os.kill(manager, signal.SIGKILL)
-    still = wait_pids(pids, service.timeout)
+    still = still_running(pids, service.timeout)
     if still:
         record.left_behind += [f"pid {pid}: outlived its SIGKILLed manager" for pid in still]
         kill_groups(still)

@@ -29,10 +29,10 @@ from chaos_basics import (
     our_processes,
     port_holders,
     reap_adopted,
-    wait_pids,
 )
 from chaos_log import ManagerLog
 
+from gapless.bench.processes import still_running
 from gapless.proc.procfs import all_stats
 
 WRAPPER = '''\
@@ -231,7 +231,7 @@ class Target:
                     number = generation["generation"]
                     log.wait(lambda n=number: n in log.ready or n in log.ended, max(left, 0))
                 else:
-                    wait_pids(generation.get("pids") or [generation["pid"]], max(left, 0))
+                    still_running(generation.get("pids") or [generation["pid"]], max(left, 0))
             if not others:  # none active: a replacement comes, or the manager ends
                 log.wait(lambda s=seen: log.lines > s, min(max(left, 0), 1.0))
         raise FaultProblem(f"the manager did not settle within {timeout:g} s:\n{self.tail()}")

@@ -37,6 +37,7 @@ __all__ = [
     "children",
     "descendants",
     "parent",
+    "still_running",
     "stop_tree",
     "wait_exited",
     "wait_new_pid",
@@ -123,27 +124,32 @@ def wait_exited(pids: Iterable[int], timeout: float, what: str = "the old genera
     Raises:
         BenchError: some still run after ``timeout`` seconds.
     """
+    left = still_running(pids, timeout)
+    if left:
+        running = ", ".join(str(pid) for pid in left)
+        raise BenchError(
+            f"{what} (pids {running}) still runs {timeout:g} s after it was told to go"
+        )
+    return time.monotonic()
+
+
+def still_running(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` seconds until every pid has exited, through pidfds;
+    return those still running then (a pid already gone counts as exited)."""
     fds: dict[int, int] = {}
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             fds[os.pidfd_open(pid)] = pid
     deadline = time.monotonic() + timeout
     try:
-        while fds:
-            remaining = deadline - time.monotonic()
-            ready = select.select(list(fds), [], [], max(remaining, 0))[0] if remaining > 0 else []
-            if not ready:
-                left = ", ".join(str(pid) for pid in fds.values())
-                raise BenchError(
-                    f"{what} (pids {left}) still runs {timeout:g} s after it was told to go"
-                )
-            for fd in ready:
+        while fds and (remaining := deadline - time.monotonic()) > 0:
+            for fd in select.select(list(fds), [], [], remaining)[0]:
                 del fds[fd]
                 os.close(fd)
+        return sorted(fds.values())
     finally:
         for fd in fds:
             os.close(fd)
-    return time.monotonic()
 
 
 class ProcessTree:

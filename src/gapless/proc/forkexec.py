@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-__all__ = ["FIRST_FD", "NOT_FOUND", "Plan", "fork_exec"]
+__all__ = ["FIRST_FD", "NOT_FOUND", "Plan", "fork_exec", "fork_signals_blocked"]
 
 FIRST_FD = 3  # SD_LISTEN_FDS_START
 NOT_FOUND = (errno.ENOENT, errno.ENOTDIR)
@@ -59,23 +59,29 @@ def _prctl() -> Callable[..., int]:
 
 
 def fork_exec(plan: Plan, err_w: int, out_w: int | None) -> int:
-    # All signals stay blocked from fork until the child has reset our Python handlers:
-    # a signal in between would run the parent's handler in the child, and its
-    # set_wakeup_fd byte would land in the parent's wakeup pipe.
     prctl = _prctl() if plan.death_signal else None
+    return fork_signals_blocked(functools.partial(_child, plan, err_w, out_w, prctl))
+
+
+def fork_signals_blocked(child: Callable[[], NoReturn]) -> int:
+    """Fork and run ``child`` (which never returns) in the new process; return its pid.
+
+    All signals stay blocked from fork until the child has reset our Python handlers:
+    a signal in between would run the parent's handler in the child, and its
+    set_wakeup_fd byte would land in the parent's wakeup pipe. Python 3.12+ warns
+    that fork() with threads may deadlock the child on a lock another thread held;
+    the children forked here take no Python lock: they make system calls, then exec
+    or _exit.
+    """
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         with warnings.catch_warnings():
-            # Python 3.12+ warns that fork() with threads may deadlock the child on a
-            # lock another thread held. Fork is deliberate: only fork can put the
-            # child's own PID in LISTEN_PID, and this child takes no Python lock; it
-            # makes system calls and execs.
             warnings.filterwarnings(
                 "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
             )
             pid = os.fork()
-            if pid == 0:
-                _child(plan, err_w, out_w, prctl)
+        if pid == 0:
+            child()
         return pid
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

@@ -57,12 +57,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import select
-import signal
-import warnings
 
 from . import guard
+from .forkexec import fork_signals_blocked
 
 __all__ = ["Watchdog"]
 
@@ -172,17 +172,5 @@ def _fork(read_fd: int, stop_signal: int, grace: float, log_format: str) -> int:
     """Fork the watchdog with every signal blocked until it has reset our handlers."""
     manager = os.getpid()
     name = guard.resolve_prctl()  # looked up before fork: dlopen in the child may hang
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    try:
-        with warnings.catch_warnings():
-            # The manager has no thread; a test running it in-process might. The child
-            # takes no lock a thread could hold: it makes system calls until _exit.
-            warnings.filterwarnings(
-                "ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning
-            )
-            pid = os.fork()
-        if pid == 0:
-            guard.run(read_fd, manager, stop_signal, grace, log_format, name)
-        return pid
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    run = functools.partial(guard.run, read_fd, manager, stop_signal, grace, log_format, name)
+    return fork_signals_blocked(run)
