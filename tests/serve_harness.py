@@ -20,13 +20,15 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import wsproto
 import wsproto.events
 import wsproto.utilities
+from manager_harness import Manager, _kill_leftovers, gapless_argv
 
 from gapless.proc.spawn import Child, spawn
 from gapless.run.acceptwatch import accepting, socket_inode
@@ -272,3 +274,48 @@ def _receive(client: WebSocketClient) -> None:
             client.close_code = event.code
             with contextlib.suppress(OSError, wsproto.utilities.LocalProtocolError):
                 client.sock.sendall(client.conn.send(event.response()))
+
+
+@contextmanager
+def serving(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = APPS
+) -> Iterator[Manager]:
+    """``gapless serve ARGS`` on 127.0.0.1:0 in tests/apps; waits for generation 1."""
+    control = str(tmp_path / "control.sock")
+    argv = gapless_argv("serve", *args, "--control", control, "--no-access-log")
+    if "--bind" not in args:
+        argv += ["--bind", "127.0.0.1:0"]
+    process = subprocess.Popen(
+        argv,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+    manager = Manager(process, control)
+    manager.start_reader()
+    try:
+        manager.wait_line(r"generation 1 ready after")
+        yield manager
+    finally:
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                manager.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(TIMEOUT)
+            _kill_leftovers(manager)
+
+
+def gapless(*args: str, cwd: Path = APPS) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        gapless_argv(*args), capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd
+    )
+
+
+def reload(manager: Manager) -> None:
+    result = gapless("reload", "--control", manager.control)
+    assert result.returncode == 0, result.stdout + result.stderr

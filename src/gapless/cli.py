@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print JSON, for scripts")
+        if name == "reload":
+            sub.add_argument(
+                "--cold",
+                action="store_true",
+                help="start the new generation cold, not forked from the fork server, "
+                "and start a new fork server once it is ready",
+            )
         if name == "upgrade":
             sub.add_argument(
                 "--python",
@@ -238,7 +245,9 @@ def _control(args: argparse.Namespace) -> int:
     path = args.control or default_control_path()
     # Relative to the caller's directory, not the manager's (which may be elsewhere).
     upgrade = args.command == "upgrade" and args.python
-    fields = {"python": os.path.abspath(args.python)} if upgrade else {}
+    fields: dict[str, Any] = {"python": os.path.abspath(args.python)} if upgrade else {}
+    if args.command == "reload" and args.cold:
+        fields["cold"] = True
     show = None if args.command == "status" else _print_progress
     answer = call(path, args.command, on_progress=show, **fields)
     if not answer.get("ok"):
@@ -274,8 +283,8 @@ def format_status(answer: dict[str, Any]) -> str:
     ]
     lines += [f"  {item['name'] or '-':<12} {item['address']}" for item in answer["listeners"]]
     lines.append("generations:")
-    row = "  {:<5} {:<9} {:<8} {:<10} {:<10} {:<14} {:<6} {}"
-    header = ("GEN", "STATE", "PID", "AGE", "READY IN", "DRAIN DEADLINE", "CONNS", "PIDS")
+    row = "  {:<5} {:<9} {:<8} {:<5} {:<10} {:<10} {:<14} {:<6} {}"
+    header = ("GEN", "STATE", "PID", "START", "AGE", "READY IN", "DRAIN DEADLINE", "CONNS", "PIDS")
     lines.append(row.format(*header))
     for gen in answer["generations"]:
         latency = gen["ready_latency"]
@@ -286,6 +295,7 @@ def format_status(answer: dict[str, Any]) -> str:
                 gen["generation"],
                 gen["state"],
                 gen["pid"] or "-",
+                gen.get("start") or "-",
                 _age(gen["age"]),
                 "-" if latency is None else f"{latency * 1000:.0f} ms",
                 "-" if deadline is None else f"in {_age(deadline)}",

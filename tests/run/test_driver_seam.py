@@ -65,11 +65,18 @@ class FakeChildren:
         listeners: Sequence[tuple[str | None, socket.socket]],
         env: Mapping[str, str],
         death_signal: int | None = None,
+        warm: bool = False,
     ) -> GenerationProcess:
         proc = GenerationProcess(number, FakeChild(_NO_PID + number))  # type: ignore[arg-type]
         self._procs[number] = proc
         self.spawned.append(number)
         return proc
+
+    def start_forkserver(self, command: Sequence[str], env: Mapping[str, str]) -> None:
+        pass
+
+    def retire_forkserver(self, why: str) -> None:
+        pass
 
     def exit(self, number: int, returncode: int) -> None:
         """The leader of generation ``number`` exits (as its pidfd would tell)."""

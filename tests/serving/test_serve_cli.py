@@ -11,63 +11,17 @@ import shutil
 import signal
 import ssl
 import subprocess
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from load import Wrk
-from manager_harness import TIMEOUT, Manager, _kill_leftovers, gapless_argv, running
+from manager_harness import TIMEOUT, Manager, gapless_argv, running
 from prober import Prober, probe
-from serve_harness import APPS, self_signed
+from serve_harness import APPS, gapless, reload, self_signed, serving
 
 RELOADS = 5
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
-
-
-@contextmanager
-def serving(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = APPS
-) -> Iterator[Manager]:
-    """``gapless serve ARGS`` on 127.0.0.1:0 in tests/apps; waits for generation 1."""
-    control = str(tmp_path / "control.sock")
-    argv = gapless_argv("serve", *args, "--control", control, "--no-access-log")
-    if "--bind" not in args:
-        argv += ["--bind", "127.0.0.1:0"]
-    process = subprocess.Popen(
-        argv,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
-    manager = Manager(process, control)
-    manager.start_reader()
-    try:
-        manager.wait_line(r"generation 1 ready after")
-        yield manager
-    finally:
-        try:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                manager.wait()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(TIMEOUT)
-            _kill_leftovers(manager)
-
-
-def gapless(*args: str, cwd: Path = APPS) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        gapless_argv(*args), capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd
-    )
-
-
-def reload(manager: Manager) -> None:
-    result = gapless("reload", "--control", manager.control)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @needs_wrk

@@ -33,6 +33,7 @@ from ..proc.subreaper import group_members
 from ..proc.watchdog import Watchdog
 from ..systemd.notify_receiver import in_process_tree
 from .eventlog import EventLog
+from .warm import ForkServer
 
 __all__ = ["Children", "GenerationProcess"]
 
@@ -51,6 +52,7 @@ class GenerationProcess:
     status: ExitStatus | None = None  # set once the leader was reaped
     released: bool = False  # the generation is over; only its stderr pipe may be open
     ready_via: str = ""
+    start: str = "cold"  # or "warm": forked by the fork server (gapless.run.warm)
     status_line: str | None = None  # the last STATUS= it sent
 
     @property
@@ -88,6 +90,7 @@ class Children:
         self._grace = grace
         self._procs: dict[int, GenerationProcess] = {}
         self.watchdog: Watchdog | None = None  # started with the first generation
+        self.forkserver = ForkServer(selector, log)
 
     def spawn(
         self,
@@ -96,15 +99,24 @@ class Children:
         listeners: Sequence[tuple[str | None, socket.socket]],
         env: Mapping[str, str],
         death_signal: int | None = None,
+        warm: bool = False,
     ) -> GenerationProcess:
         """Start generation ``number`` in a process group of its own; its leader gets
         ``death_signal`` if the manager dies (see :func:`gapless.proc.spawn.spawn`).
+        With ``warm``, it is forked by the fork server if that can serve ``command``
+        (else it starts cold, and the log says why).
 
         Raises:
             SuccessorSpawnError: the command could not be executed.
             InheritanceError: a listener name is invalid.
         """
         self._start_watchdog()
+        if warm and self.forkserver.command == list(command):
+            socks, names = [sock for _, sock in listeners], [name for name, _ in listeners]
+            forked = self.forkserver.fork(socks, names, env, death_signal or 0)
+            if isinstance(forked, Child):
+                return self._watch(GenerationProcess(number, forked, start="warm"))
+            self._log.event("cold", f"generation {number} starts cold: {forked}", generation=number)
         child = spawn(
             command,
             listeners=[sock for _, sock in listeners],
@@ -211,6 +223,11 @@ class Children:
             if self.watchdog is not None and info.si_pid == self.watchdog.pid:
                 self._replace_watchdog()
                 continue
+            owned = self.forkserver.reap(info.si_pid)
+            if owned is not None:
+                if not owned:
+                    return  # its pidfd will tell
+                continue
             proc = self.by_pid(info.si_pid)
             if proc is not None:
                 self._collect(proc)
@@ -222,6 +239,13 @@ class Children:
             self._log.event(
                 "reaped", f"reaped orphan pid {info.si_pid}: {described}", pid=info.si_pid
             )
+
+    def start_forkserver(self, command: Sequence[str], env: Mapping[str, str]) -> None:
+        """Start a fork server for ``command`` unless one runs (gapless.run.warm)."""
+        self.forkserver.start(command, env)
+
+    def retire_forkserver(self, why: str) -> None:
+        self.forkserver.retire(why)
 
     def _replace_watchdog(self) -> None:
         watchdog = self.watchdog
@@ -310,6 +334,7 @@ class Children:
             if self.watchdog is not None:
                 self.watchdog.forget(proc.pid)
         self._procs.clear()
+        self.forkserver.close()
         if self.watchdog is not None:
             self.watchdog.close()
             self.watchdog = None

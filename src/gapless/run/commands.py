@@ -43,13 +43,19 @@ class Commands:
 
     def register(self, table: CommandTable) -> None:
         table.register(
-            "reload", "start a new generation; answer once it is ready or failed", self._reload
+            "reload",
+            "start a new generation; answer once it is ready or failed; "
+            '"cold": true starts it cold (not from the fork server)',
+            self._reload,
+            {"cold": _boolean},
         )
         table.register("stop", "drain every generation, then exit; answer when stopped", self._stop)
 
-    def request_reload(self, connection: ControlConnection | None, by: str) -> None:
+    def request_reload(
+        self, connection: ControlConnection | None, by: str, cold: bool = False
+    ) -> None:
         """A reload asked for by ``by``; ``connection`` (if any) waits for its end."""
-        self._log.event("reload", f"reload requested by {by}")
+        self._log.event("reload", f"{'cold ' if cold else ''}reload requested by {by}")
         if self._driver.running:
             self._upstream.reload_requested()
         if self._driver.reload_under_way and connection is not None:
@@ -61,7 +67,7 @@ class Commands:
             self._reload_waiters[request] = connection
             connection.waiting += 1
             self._log.subscribe(connection)
-        self._driver.request_reload(request)
+        self._driver.request_reload(request, cold)
 
     def answer(self, result: ReloadResult, stderr: list[str]) -> None:
         """Answer the clients that waited for this start."""
@@ -83,7 +89,8 @@ class Commands:
             connection.close()
 
     def _reload(self, connection: ControlConnection, request: Message) -> None:
-        self.request_reload(connection, f"gapless reload (pid {connection.pid})")
+        cold = request.get("cold") is True
+        self.request_reload(connection, f"gapless reload (pid {connection.pid})", cold)
 
     def _stop(self, connection: ControlConnection, request: Message) -> None:
         self.stop_waiters.append(connection)
@@ -91,3 +98,7 @@ class Commands:
         self._log.subscribe(connection)
         if self._driver.running:  # a second stop only waits too
             self._driver.request_stop(f"stop requested by gapless stop (pid {connection.pid})")
+
+
+def _boolean(value: object) -> str | None:
+    return None if isinstance(value, bool) else f"cold must be true or false, not {value!r}"

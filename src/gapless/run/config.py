@@ -38,6 +38,9 @@ class ManagerConfig:
     handoff_timeout: float = 10.0
     shutdown_delay: float = 0.0
     health_bind: Bind | None = None
+    # Fork generations from a fork server (gapless.run.warm) when the command is
+    # ``PYTHON -m MODULE ...``: gapless serve sets it.
+    warm: bool = False
 
 
 def open_listeners(

@@ -122,6 +122,7 @@ class Driver:
         self._readiness: Readiness | None = None  # once start() knows the sockets
         self._connections = ConnectionCounter(frozenset(), frozenset())
         self.datagrams = Datagrams(log, Faults({}) if faults is None else faults, self._route)
+        self._cold_next = False  # the next generation starts cold: gapless reload --cold
 
     # What the manager and its neighbours ask -----------------------------------
 
@@ -144,13 +145,18 @@ class Driver:
         active = self._machine.active
         return None if active is None else self._children.process(active.number)
 
-    def request_reload(self, request: int | None) -> None:
-        """Start a generation; ``request`` (if any) is in the result reported for it."""
+    def request_reload(self, request: int | None, cold: bool = False) -> None:
+        """Start a generation; ``request`` (if any) is in the result reported for it.
+        With ``cold``, it starts cold and the fork server is replaced (gapless.run.warm)."""
+        if cold and self.config.warm:
+            self._cold_next = True
+            self._children.retire_forkserver("a cold start was asked for")
         self.feed(ReloadRequested(request))
 
     def request_stop(self, why: str, **fields: Any) -> None:
         """Log ``why`` and stop (while stopping already: hurry the stop)."""
         self._log.event("stop", why, **fields)
+        self._children.retire_forkserver("the manager stops")
         self.feed(StopRequested())
 
     def status(self, listeners: Sequence[Listener], about: Mapping[str, Any]) -> dict[str, Any]:
@@ -209,6 +215,8 @@ class Driver:
         self._readiness = Readiness(self.config.ready, inodes, self._connections)
         if boot:
             self.feed(Boot())
+        elif self.config.warm and self.serving:  # resumed after an exec in place
+            self._start_forkserver()
 
     def feed(self, event: Event) -> None:
         """Hand an event to the machine and carry out its actions, which may feed more."""
@@ -346,7 +354,9 @@ class Driver:
             # A manager killed outright (SIGKILL, OOM) must leave no generation serving
             # for ever on sockets a restarted manager cannot bind: the leader drains.
             death = int(self.config.stop_signal)
-            proc = self._children.spawn(number, self.config.command, listeners, env, death)
+            warm, self._cold_next = self.config.warm and not self._cold_next, False
+            command = self.config.command
+            proc = self._children.spawn(number, command, listeners, env, death, warm)
         except GaplessError as exc:
             self.feed(SpawnFailed(number, f"generation {number} could not start: {exc}"))
             return
@@ -354,9 +364,11 @@ class Driver:
             self._readiness.started(time.monotonic())
         self._log.event(
             "started",
-            f"generation {number} started as pid {proc.pid}",
+            f"generation {number} started as pid {proc.pid}"
+            + (" (forked warm)" if proc.start == "warm" else ""),
             generation=number,
             pid=proc.pid,
+            start=proc.start,
         )
 
     def _activated(self, action: Activated) -> None:
@@ -369,6 +381,13 @@ class Driver:
             latency_ms=round(action.latency * 1000, 1),
             via=proc.ready_via,
         )
+        if self.config.warm:
+            # Now, not beside the start: its imports would compete with the new generation's.
+            self._start_forkserver()
+
+    def _start_forkserver(self) -> None:
+        env = {**self._environ, "NOTIFY_SOCKET": self._notify_address}
+        self._children.start_forkserver(self.config.command, env)
 
     def _signal(self, action: Signal) -> None:
         proc = self._process(action.generation)

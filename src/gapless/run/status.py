@@ -87,6 +87,7 @@ def _describe(
         "ready_latency": _rounded(gen.ready_latency),
         "drain_deadline": None if deadline is None else _rounded(deadline - now),
         "status": proc.status_line if proc else None,
+        "start": proc.start if proc else None,
     }
 
 

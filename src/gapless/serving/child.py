@@ -33,7 +33,9 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import importlib
 import logging
 import os
 import socket
@@ -194,6 +196,38 @@ def _serve_once(
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+#: What a generation imports besides its application, by server: the fork server
+#: (gapless.run.zygote) imports these once, so a warm generation does not.
+_STACKS = {
+    "uvicorn": (
+        "gapless.integrations.uvicorn",
+        "uvicorn.protocols.http.httptools_impl",
+        "uvicorn.protocols.http.h11_impl",
+        "uvicorn.protocols.websockets.auto",
+        "uvicorn.lifespan.on",
+        "uvicorn.loops.asyncio",
+        "uvicorn.middleware.proxy_headers",
+        "gapless.integrations.wsgi",
+    ),
+    "hypercorn": ("gapless.integrations.hypercorn", "hypercorn.asyncio", "hypercorn.protocol"),
+    "aiohttp": ("gapless.integrations.aiohttp", "aiohttp.web"),
+}
+
+
+def warm_up(argv: Sequence[str]) -> None:
+    """Import what a generation started with ``argv`` imports besides its
+    application (called by the fork server, gapless.run.zygote)."""
+    try:
+        args = build_parser().parse_args(list(argv))
+    except SystemExit:  # the generation itself will say what is wrong
+        return
+    stack = "aiohttp" if args.interface == "aiohttp" else args.server
+    for module in _STACKS.get(stack, ()):
+        # Not installed: the generation says so if it needs it.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@
     gapless serve MODULE:APP [--bind [NAME=]ADDRESS]... [--interface auto|asgi|wsgi|aiohttp]
                   [--server uvicorn|hypercorn] [--workers N] [--hooks MODULE]
                   [--drain-timeout S] [--certfile F --keyfile F] [limits...]
-                  [--control PATH] [--pid-file PATH] [--ready-timeout S] [--log-format F]
+                  [--control PATH] [--pid-file PATH] [--no-fork-server] [--ready-timeout S] [--log-format F]
 
 It is the manager of ``gapless run`` (one process with a stable PID that keeps
 the sockets; SIGHUP or ``gapless reload`` starts a new generation, which
@@ -113,6 +113,7 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
             drain_timeout=args.drain_timeout + DRAIN_MARGIN,
             stop_signal=signal.SIGTERM,
             log_format=args.log_format,
+            warm=args.warm,
             **(restarts or {}),
         )
     )

@@ -166,6 +166,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--control", "the control socket (as gapless run)", metavar="PATH", scope=MANAGER),
     Option("--pid-file", "write the manager's (stable) PID here", metavar="PATH", scope=MANAGER),
     Option(
+        "--no-fork-server",
+        "start every generation cold: keep no fork server with the server stack imported",
+        default=True, kind="false", dest="warm", scope=MANAGER,
+    ),
+    Option(
         "--ready-timeout", "kill a generation not ready by then (default 60)",
         default=60.0, type=seconds, metavar="S", scope=MANAGER,
     ),
