@@ -44,6 +44,7 @@ import os
 import runpy
 import select
 import signal
+import site
 import socket
 import sys
 import threading
@@ -67,10 +68,16 @@ _MAX_FDS = 253  # SCM_MAX_FD
 
 class Snapshot:
     """What a cold start would load differently if it changed: every module file,
-    the directories of ``sys.path``, the interpreter, the environment, the directory."""
+    the site directories, the interpreter, the environment, the directory.
 
-    def __init__(self) -> None:
-        self.files = _stat_all(_module_files() | _path_dirs() | {os.path.realpath(sys.executable)})
+    Args:
+        site_dirs: where ``site`` reads ``.pth`` files at start (default: this
+            interpreter's); an entry added there (a package installed) is a change.
+    """
+
+    def __init__(self, site_dirs: Sequence[str] | None = None) -> None:
+        dirs = _site_dirs() if site_dirs is None else set(site_dirs)
+        self.files = _stat_all(_module_files() | dirs | {os.path.realpath(sys.executable)})
         self.env = _stable(os.environ)
         self.cwd = os.getcwd()
 
@@ -105,10 +112,12 @@ def _module_files() -> set[str]:
     return files
 
 
-def _path_dirs() -> set[str]:
+def _site_dirs() -> set[str]:
     # A directory's mtime changes when an entry is added or removed: a package
-    # installed (or a .pth file dropped) since the snapshot.
-    return {os.path.abspath(entry or ".") for entry in sys.path if os.path.isdir(entry or ".")}
+    # installed, or a .pth file that only an interpreter's start would read. Other
+    # sys.path directories (the application's) are read afresh by each import.
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return {os.path.abspath(path) for path in dirs if os.path.isdir(path)}
 
 
 def _stat(path: str) -> tuple[int, int] | None:
@@ -276,8 +285,10 @@ def _become_managed(manager: int, death_signal: int, libc: Any, intermediate: in
 
 def _run_module(module: str, argv: list[str]) -> int:
     sys.argv = [module, *argv]
-    # Run afresh as __main__, as `python -m` would: not the copy warm_up imported.
+    # Run afresh as __main__, as `python -m` would: not the copy warm_up imported;
+    # and see files added since the fork server listed the import directories.
     sys.modules.pop(module, None)
+    importlib.invalidate_caches()
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:

@@ -5,7 +5,8 @@
     gapless serve MODULE:APP [--bind [NAME=]ADDRESS]... [--interface auto|asgi|wsgi|aiohttp]
                   [--server uvicorn|hypercorn] [--workers N] [--hooks MODULE]
                   [--drain-timeout S] [--certfile F --keyfile F] [limits...]
-                  [--control PATH] [--pid-file PATH] [--no-fork-server] [--ready-timeout S] [--log-format F]
+                  [--control PATH] [--pid-file PATH] [--no-fork-server] [--ready-timeout S]
+                  [--log-format F]
 
 It is the manager of ``gapless run`` (one process with a stable PID that keeps
 the sockets; SIGHUP or ``gapless reload`` starts a new generation, which
