@@ -12,7 +12,7 @@ Over 300 lines on purpose: the usage of every subcommand sits in one file, so
                 [--handoff[=PATH]] [--handoff-timeout SECONDS]
                 [--shutdown-delay SECONDS] [--health-bind ADDRESS]
                 -- COMMAND [ARG]...
-    gapless reload [--control PATH]
+    gapless reload [--cold] [--control PATH]
     gapless status [--control PATH] [--json]
     gapless stop   [--control PATH]
     gapless upgrade [--control PATH] [--python PATH]
