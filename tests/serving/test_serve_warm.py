@@ -223,3 +223,14 @@ def test_a_running_thread_forbids_a_fork() -> None:
     finally:
         release.set()
         thread.join()
+
+
+def test_after_gapless_upgrade_a_new_fork_server_serves_warm_starts(tmp_path: Path) -> None:
+    with serving(tmp_path, "serve_app:app") as manager:
+        first = _forkserver_ready(manager)
+        result = gapless("upgrade", "--control", manager.control)
+        assert result.returncode == 0, result.stderr
+        manager.wait_line(rf"reaped orphan pid {first}: exited with code 0")
+        assert _forkserver_ready(manager) != first
+        reload(manager)
+        manager.wait_line(WARM.format(2))

@@ -52,7 +52,7 @@ class GenerationProcess:
     status: ExitStatus | None = None  # set once the leader was reaped
     released: bool = False  # the generation is over; only its stderr pipe may be open
     ready_via: str = ""
-    start: str = "cold"  # or "warm": forked by the fork server (gapless.run.warm)
+    start: str | None = "cold"  # "warm": forked by the fork server (gapless.run.warm)
     status_line: str | None = None  # the last STATUS= it sent
 
     @property
@@ -146,7 +146,8 @@ class Children:
         if stderr_fd is not None:
             os.set_inheritable(stderr_fd, False)
         self._start_watchdog()
-        return self._watch(GenerationProcess(number, Child(pid, stderr_fd, process_group=True)))
+        child = Child(pid, stderr_fd, process_group=True)
+        return self._watch(GenerationProcess(number, child, start=None))  # not handed over
 
     def _start_watchdog(self) -> None:
         if self.watchdog is not None:

@@ -197,6 +197,8 @@ class Driver:
         machine = self._machine
         if machine.phase is Phase.STOPPING and not machine.in_state(*LIVE):
             self.exit_code = machine.exit_code  # the stop was all but over
+        if self.config.warm and self.serving:  # the replaced manager's fork server saw EOF
+            self._start_forkserver()
 
     def close(self) -> None:
         """Kill what still runs (after an error in the manager) and close everything."""
@@ -215,8 +217,6 @@ class Driver:
         self._readiness = Readiness(self.config.ready, inodes, self._connections)
         if boot:
             self.feed(Boot())
-        elif self.config.warm and self.serving:  # resumed after an exec in place
-            self._start_forkserver()
 
     def feed(self, event: Event) -> None:
         """Hand an event to the machine and carry out its actions, which may feed more."""

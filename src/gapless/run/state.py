@@ -91,8 +91,9 @@ def adopt_generations(
     (and, after a recovery, a stop or a follow-up reload under way)."""
     handed_over = generations_from_json(state["generations"])
     children.adopt_watchdog(state.get("watchdog"))
-    for gen, pid, stderr_fd in handed_over:
-        children.adopt(gen.number, pid, stderr_fd)
+    for (gen, pid, stderr_fd), item in zip(handed_over, state["generations"], strict=True):
+        proc = children.adopt(gen.number, pid, stderr_fd)
+        proc.start = item.get("start")  # None from a gapless that did not say
     last = state["last_reload"]
     last_reload = None if last is None else ReloadResult(**{**last, "requests": ()})
     machine.restore([gen for gen, _, _ in handed_over], last_reload)
@@ -115,6 +116,7 @@ def config_to_json(config: ManagerConfig) -> dict[str, Any]:
         "stop_signal": int(config.stop_signal),
         "log_format": config.log_format,
         "shutdown_delay": config.shutdown_delay,
+        "warm": config.warm,
     }
 
 
@@ -130,6 +132,7 @@ def config_from_json(value: Mapping[str, Any], control_path: str) -> ManagerConf
         stop_signal=signal.Signals(value["stop_signal"]),
         log_format=value["log_format"],
         shutdown_delay=value.get("shutdown_delay", 0.0),
+        warm=value.get("warm", False),
     )
 
 
@@ -163,6 +166,7 @@ def generations_to_json(
                 "drain_deadline": gen.drain_deadline,
                 "pid": proc.pid,
                 "stderr_fd": proc.child.stderr_fd,
+                "start": proc.start,
             }
         )
     return result
