@@ -20,9 +20,10 @@ GRANIAN_ROWS = (
     "gapless serve --server granian, steady",
     "gapless serve --server granian, reload every 1 s",
 )
-# | label | req/s | ÷ plain | p99 | ÷ plain | failed (wrk + prober) | reloads | ready | load |
+# | label | req/s | ÷ plain | p99 | ÷ plain | CPU/req | ÷ plain | failed (wrk + prober) | reloads |
 LINE = re.compile(
-    r"^\| ([^|]+) \| ([\d,]+) \| [\d.-]+ \| [\d.]+ \| [\d.-]+ \| (\d+) \(.*\) \| (\d+) "
+    r"^\| ([^|]+) \| ([\d,]+) \| [\d.-]+ \| [\d.]+ \| [\d.-]+ \| \d+ \| [\d.-]+ "
+    r"\| (\d+) \(.*\) \| (\d+) "
 )
 
 
@@ -66,10 +67,13 @@ def test_ratios_are_to_the_plain_server_of_the_same_kind() -> None:
             p99 = p99_a if number == 0 else p99_b
             wrk = WrkReport(rate, 1_000_000, 0, 0, 0, 0, 0, 0, p99_us=p99)
             ready = [150.0, 250.0] if row.mode == "reloading" else []
-            result.runs.append(RunRecord(row, number, wrk=wrk, ready_ms=ready))
+            cpu = rate * 25e-6 * (1.2 if row.mode == "steady" else 1.0)  # 25 µs/request
+            record = RunRecord(row, number, wrk=wrk, ready_ms=ready, cpu_seconds=cpu)
+            result.runs.append(record)
     by_mode = {s.row.mode: s for s in summarize_speed(result)}
     assert by_mode["steady"].rate_ratio == pytest.approx(0.9)
     assert by_mode["steady"].p99_ratio == pytest.approx(1.3)  # median 1.3 ms ÷ 1.0 ms
+    assert by_mode["steady"].cpu_ratio == pytest.approx(1.2)
     assert by_mode["reloading"].rate_ratio == pytest.approx(0.5)
     assert by_mode["reloading"].reloads == 4 and by_mode["reloading"].ready_ms == 200.0
     text = format_speed(result)

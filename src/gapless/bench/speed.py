@@ -35,6 +35,7 @@ from .speed_servers import (
     plain_server,
     serve_refusal,
     stack_start_ms,
+    tree_cpu_seconds,
 )
 from .wrk import WrkReport, WrkRun, wrk_path
 
@@ -84,11 +85,18 @@ class RunRecord:
     probes: int = 0
     probe_failures: int = 0
     ready_ms: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0
     error: str | None = None
 
     @property
     def failed(self) -> int:
         return (self.wrk.failed if self.wrk else 0) + self.probe_failures
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """The server's CPU time per request answered (wrk's and the prober's)."""
+        requests = (self.wrk.requests if self.wrk else 0) + self.probes
+        return self.cpu_seconds / requests * 1e6 if requests else 0.0
 
 
 @dataclass
@@ -191,6 +199,8 @@ def _load(
     prober = None
     if config.rate > 0:
         prober = Prober(ProberConfig(address, rate=config.rate, connections=8, cpus=load_cpus))
+    assert server.main_pid is not None
+    cpu_before = tree_cpu_seconds(server.main_pid)
     with pinned(load_cpus):
         wrk.start()
     t0 = time.monotonic()
@@ -203,6 +213,7 @@ def _load(
             _reload_until(server, t0, end, config.reload_every, record)
         threading.Event().wait(max(0.0, end - time.monotonic()))  # paces, never set
         record.wrk = wrk.interrupt(config.timeout)
+        record.cpu_seconds = tree_cpu_seconds(server.main_pid) - cpu_before
     except BaseException:
         wrk.kill()
         raise

@@ -19,8 +19,9 @@ from .speed import Row, RunRecord, SpeedResult
 __all__ = ["RowSummary", "format_speed", "summarize_speed", "write_speed_json"]
 
 _HEADER = (
-    "| row | req/s | ÷ plain | p99, ms | p99 ÷ plain | failed (wrk + prober) | reloads "
-    "| reload → ready, ms | load avg |\n|---|---|---|---|---|---|---|---|---|"
+    "| row | req/s | ÷ plain | p99, ms | p99 ÷ plain | CPU µs/req | ÷ plain "
+    "| failed (wrk + prober) | reloads | reload → ready, ms | load avg |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -34,6 +35,7 @@ class RowSummary:
     runs: int
     rate: float
     p99_ms: float
+    cpu_us: float
     wrk_failed: int
     probe_failed: int
     probes: int
@@ -42,6 +44,7 @@ class RowSummary:
     load: tuple[float, float]
     rate_ratio: float | None = None
     p99_ratio: float | None = None
+    cpu_ratio: float | None = None
     errors: tuple[str, ...] = ()
     skipped: str | None = None
 
@@ -71,6 +74,7 @@ def _summary(result: SpeedResult, row: Row) -> RowSummary:
         runs=len(measured),
         rate=_median(measured, lambda run: run.wrk.rate if run.wrk else 0.0),
         p99_ms=_median(measured, lambda run: run.wrk.p99_us / 1000 if run.wrk else 0.0),
+        cpu_us=_median(measured, lambda run: run.cpu_us_per_request),
         wrk_failed=sum(run.wrk.failed for run in runs if run.wrk),
         probe_failed=sum(run.probe_failures for run in runs),
         probes=sum(run.probes for run in runs),
@@ -86,7 +90,10 @@ def _with_ratios(summary: RowSummary, plain: RowSummary) -> RowSummary:
     from dataclasses import replace
 
     return replace(
-        summary, rate_ratio=summary.rate / plain.rate, p99_ratio=summary.p99_ms / plain.p99_ms
+        summary,
+        rate_ratio=summary.rate / plain.rate,
+        p99_ratio=summary.p99_ms / plain.p99_ms,
+        cpu_ratio=summary.cpu_us / plain.cpu_us if plain.cpu_us else None,
     )
 
 
@@ -127,13 +134,14 @@ def format_speed(result: SpeedResult) -> str:
 
 def _table_line(s: RowSummary) -> str:
     if s.skipped is not None:
-        return f"| {s.label} | skipped: {s.skipped} |||||||"
+        return f"| {s.label} | skipped: {s.skipped} |||||||||"
     if not s.runs:
-        return f"| {s.label} | no run completed (errors below) |||||||"
+        return f"| {s.label} | no run completed (errors below) |||||||||"
     ready = "-" if s.ready_ms is None else f"{s.ready_ms:.0f}"
     return (
         f"| {s.label} | {s.rate:,.0f} | {_ratio(s.rate_ratio)} | {s.p99_ms:.1f} "
-        f"| {_ratio(s.p99_ratio)} | {s.failed} ({s.wrk_failed} + {s.probe_failed}) "
+        f"| {_ratio(s.p99_ratio)} | {s.cpu_us:.0f} | {_ratio(s.cpu_ratio)} "
+        f"| {s.failed} ({s.wrk_failed} + {s.probe_failed}) "
         f"| {s.reloads} | {ready} | {s.load[0]:.2f} → {s.load[1]:.2f} |"
     )
 

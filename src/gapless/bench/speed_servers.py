@@ -26,8 +26,9 @@ import time
 from collections.abc import Sequence
 
 from ..errors import BenchError
+from ..proc.procfs import stat_fields
 from ..sockets.addresses import TcpAddress
-from .processes import OutputPump, stop_tree, wait_new_pid
+from .processes import OutputPump, descendants, stop_tree, wait_new_pid
 from .servers import tool
 from .strategies import RunStrategy
 
@@ -39,6 +40,7 @@ __all__ = [
     "plain_server",
     "serve_refusal",
     "stack_start_ms",
+    "tree_cpu_seconds",
 ]
 
 SERVER_KINDS = ("uvicorn", "granian")
@@ -67,6 +69,10 @@ class PlainServer:
         assert self._process.stdout is not None
         self._pump = OutputPump(os.dup(self._process.stdout.fileno()))
         self._process.stdout.close()
+
+    @property
+    def main_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def wait_ready(self, address: TcpAddress) -> None:
         """Return once it answers (it prints nothing at log level warning)."""
@@ -131,6 +137,18 @@ class ServeServer(RunStrategy):
         match = READY_LINE.search(pump.wait_for(READY_LINE, self.timeout, after=seen))
         assert match is not None
         return float(match[2])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` (with its children it reaped: a manager's
+    old generations) and by its live descendants, from /proc: the figure that a
+    busy machine disturbs least, as it counts only the server's own work."""
+    ticks = 0
+    for member in (pid, *descendants(pid)):
+        fields = stat_fields(member)
+        if fields is not None:  # utime, stime, cutime, cstime
+            ticks += sum(int(field) for field in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def serve_refusal(kind: str) -> str | None:
