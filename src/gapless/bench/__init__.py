@@ -16,10 +16,38 @@ Example::
 
 from __future__ import annotations
 
-from .report import Summary, summarize
-from .runner import BenchConfig, BenchResult, run_bench
-from .strategies import STRATEGIES, make_strategy
-from .strategy import ReloadTiming, Strategy
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .report import Summary, summarize
+    from .runner import BenchConfig, BenchResult, run_bench
+    from .strategies import STRATEGIES, make_strategy
+    from .strategy import ReloadTiming, Strategy
+
+# Loaded on first use: every generation serving gapless.bench.apps imports this
+# package, and a reload must not pay for the bench's own modules (~40 ms).
+_LAZY = {
+    "Summary": "report",
+    "summarize": "report",
+    "BenchConfig": "runner",
+    "BenchResult": "runner",
+    "run_bench": "runner",
+    "STRATEGIES": "strategies",
+    "make_strategy": "strategies",
+    "ReloadTiming": "strategy",
+    "Strategy": "strategy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gapless.bench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "STRATEGIES",

@@ -32,7 +32,7 @@ from .strategies import make_strategy
 from .strategy import ReloadTiming, Strategy
 from .wrk import WrkReport, WrkRun, wrk_path
 
-__all__ = ["BenchConfig", "BenchResult", "run_bench", "split_cpus"]
+__all__ = ["BenchConfig", "BenchResult", "concrete_address", "pinned", "run_bench", "split_cpus"]
 
 ANY_LOCAL_PORT = TcpAddress("127.0.0.1", 0)
 
@@ -82,7 +82,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
             reload did not complete in time, or wrk failed.
     """
     strategy = make_strategy(config.strategy, config.command, timeout=config.timeout)
-    address = _concrete(config.address)
+    address = concrete_address(config.address)
     server_cpus, load_cpus = split_cpus() if config.pin else ([], [])
     result = BenchResult(config, address, strategy.command, server_cpus=server_cpus)
     result.load_cpus = load_cpus
@@ -90,7 +90,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     if config.wrk is None and not use_wrk:
         result.notes.append("wrk is not installed (apt-get install wrk): prober only")
     try:
-        with _pinned(server_cpus):  # the server and all it starts run there
+        with pinned(server_cpus):  # the server and all it starts run there
             try:
                 strategy.start(address)
                 _load_and_reload(strategy, config, result, use_wrk)
@@ -155,7 +155,7 @@ def _start_wrk(config: BenchConfig, result: BenchResult) -> WrkRun:
         keep_alive=config.keep_alive,
         cpus=result.load_cpus,
     )
-    with _pinned(result.load_cpus):
+    with pinned(result.load_cpus):
         runner.start()
     return runner
 
@@ -171,7 +171,7 @@ def split_cpus() -> tuple[list[int], list[int]]:
 
 
 @contextlib.contextmanager
-def _pinned(cpus: Sequence[int]) -> Iterator[None]:
+def pinned(cpus: Sequence[int]) -> Iterator[None]:
     """Run the calling thread (and what it forks) on ``cpus``; restore on exit."""
     if not cpus:
         yield
@@ -184,7 +184,7 @@ def _pinned(cpus: Sequence[int]) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def _concrete(address: TcpAddress) -> TcpAddress:
+def concrete_address(address: TcpAddress) -> TcpAddress:
     """``address`` with a free port in place of port 0.
 
     Raises:

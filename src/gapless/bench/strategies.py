@@ -165,10 +165,7 @@ class RunStrategy(_Handed):
         self._receiver = NotifyReceiver()
         self._directory = tempfile.mkdtemp(prefix="gapless-bench-")
         self._control = os.path.join(self._directory, "control.sock")
-        argv = [*self.manager, "--bind", f"web={address}", "--control", self._control]
-        manager = self._spawn(
-            [*argv, "--", *self.command], None, NOTIFY_SOCKET=self._receiver.address
-        )
+        manager = self._spawn(self._argv(address), None, NOTIFY_SOCKET=self._receiver.address)
         wait_notification(
             self._receiver,
             lambda n: n.ready and n.pid == manager.pid,
@@ -179,6 +176,11 @@ class RunStrategy(_Handed):
         # manager blocks in its next notification.
         self._reader = DiscardingReader(self._receiver)
         self._active = self._active_pid()
+
+    def _argv(self, address: TcpAddress) -> list[str]:
+        """The manager's command line (``gapless serve`` has another shape)."""
+        argv = [*self.manager, "--bind", f"web={address}", "--control", self._control]
+        return [*argv, "--", *self.command]
 
     def reload(self) -> ReloadTiming:
         old = self._active
