@@ -20,6 +20,8 @@ from prober import Prober, probe
 from serve_harness import (
     APPS,
     Handover,
+    open_websockets,
+    pump_websockets,
     read_until,
     response_complete,
     runner_argv,
@@ -151,3 +153,16 @@ def test_missing_granian_is_one_line_naming_the_extra(tmp_path: Path) -> None:
     assert result.stderr.splitlines()[-1] == (
         "gapless serve: error: --server granian needs granian: pip install 'gapless[granian]'"
     )
+
+
+def test_websockets_are_told_then_closed_with_1012() -> None:
+    with Handover([*GRANIAN, "--ws-grace", "0.5"]) as handover:
+        handover.start()
+        clients = open_websockets(handover.port, 20)
+        handover.start()
+        pump_websockets(clients, lambda client: client.close_code is not None)
+        assert handover.wait_retired() == [0]
+    assert [client.texts for client in clients] == [["hello", "restarting"]] * 20
+    assert {client.close_code for client in clients} == {1012}
+    for client in clients:
+        client.sock.close()
