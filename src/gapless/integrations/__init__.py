@@ -31,12 +31,13 @@ no answer at all. Every integration here keeps the same contract instead:
 Modules: :mod:`.common` (options, the ASGI middleware, the receive-queue
 check), :mod:`.drain` (closing listeners without loss, waiting on changes),
 :mod:`.uvicorn` and :mod:`.uvicorn_http` (ASGI, the default), :mod:`.hypercorn`
-(ASGI), :mod:`.aiohttp` (aiohttp applications), :mod:`.wsgi` (WSGI applications
-on uvicorn's drain), :mod:`.asyncio_server` (plain asyncio and ``websockets``
-servers: a helper, the drain is theirs). Each imports its server only when used:
-the core of gapless has no dependencies, ``pip install gapless[serve]`` brings
-uvicorn; hypercorn and aiohttp users have theirs. The runner that uses them is
-:mod:`gapless.serving.child`.
+(ASGI), :mod:`.granian` (ASGI on granian's Rust HTTP stack), :mod:`.aiohttp`
+(aiohttp applications), :mod:`.wsgi` (WSGI applications on uvicorn's drain),
+:mod:`.asyncio_server` (plain asyncio and ``websockets`` servers: a helper, the
+drain is theirs). Each imports its server only when used: the core of gapless
+has no dependencies, ``pip install gapless[serve]`` brings uvicorn,
+``gapless[granian]`` granian; hypercorn and aiohttp users have theirs. The
+runner that uses them is :mod:`gapless.serving.child`.
 
 Example::
 

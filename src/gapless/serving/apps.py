@@ -145,7 +145,7 @@ def serve(
     Args:
         app: the application.
         interface: ``asgi``, ``wsgi`` or ``aiohttp``.
-        server: ``uvicorn`` or ``hypercorn`` (ASGI and WSGI).
+        server: ``uvicorn`` or ``hypercorn`` (ASGI and WSGI), ``granian`` (ASGI).
         sockets: the listening sockets.
         options: the serving options.
         hooks: ``on_ready`` and ``before_shutdown`` are run here.
@@ -187,12 +187,18 @@ def serve(
         from ..integrations.wsgi import wsgi_to_asgi
 
         asgi = wsgi_to_asgi(asgi, options.threads)
+    if server == "granian":
+        if interface == "wsgi":
+            raise ServeError("WSGI on granian is not supported: use --server uvicorn or hypercorn")
+        from ..integrations.granian import serve_granian
+
+        return serve_granian(asgi, sockets, options, on_ready=on_ready, on_drain=on_drain)
     if server == "hypercorn":
         from ..integrations.hypercorn import serve_hypercorn
 
         return serve_hypercorn(asgi, sockets, options, on_ready=on_ready, on_drain=on_drain)
     if server != "uvicorn":
-        raise ServeError(f"unknown server {server!r}: choose uvicorn or hypercorn")
+        raise ServeError(f"unknown server {server!r}: choose uvicorn, hypercorn or granian")
     from ..integrations.uvicorn import serve_asgi
 
     return serve_asgi(asgi, sockets, options, on_ready=on_ready, on_drain=on_drain)

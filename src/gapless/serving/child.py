@@ -3,7 +3,7 @@
 ::
 
     python -m gapless.serving.child MODULE:APP [--interface auto|asgi|wsgi|aiohttp]
-        [--server uvicorn|hypercorn] [--workers N] [--hooks MODULE]
+        [--server uvicorn|hypercorn|granian] [--workers N] [--hooks MODULE]
         [--drain-timeout S] [--keep-alive S] [--read-timeout S] [--max-header-size B]
         [--http auto|h11|httptools] [--limit-concurrency N] [--threads N] [--ws-grace S]
         [--certfile F --keyfile F] [--factory] [--bind ADDRESS]...
@@ -108,7 +108,7 @@ class AppSpec:
         load: returns the application; called after the ``before_upgrade`` hook,
             in each worker when there are several (so each imports it afresh).
         interface: ``auto``, ``asgi``, ``wsgi`` or ``aiohttp``.
-        server: ``uvicorn`` or ``hypercorn``, for ASGI and WSGI.
+        server: ``uvicorn`` or ``hypercorn`` for ASGI and WSGI, ``granian`` for ASGI.
         options: the serving options.
         hooks: run at the points of the generation's life (see :mod:`gapless.serving.apps`).
         workers: processes sharing the sockets.

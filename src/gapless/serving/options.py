@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 INTERFACES = ("auto", "asgi", "wsgi", "aiohttp")
-SERVERS = ("uvicorn", "hypercorn")
+SERVERS = ("uvicorn", "hypercorn", "granian")
 #: What serves in the end, by ``stack_of(interface, server)``, and its name in messages.
 STACKS = {
     "uvicorn": "uvicorn",
@@ -57,11 +57,14 @@ STACKS = {
     "aiohttp": "aiohttp",
     "wsgi-uvicorn": "WSGI on uvicorn",
     "wsgi-hypercorn": "WSGI on hypercorn",
+    "granian": "granian",
+    "wsgi-granian": "WSGI on granian",  # refused when serving: no drain written for it
 }
 _UVICORN = ("uvicorn", "wsgi-uvicorn")
 _WSGI = ("wsgi-uvicorn", "wsgi-hypercorn")
-_WEBSOCKETS = ("uvicorn", "hypercorn", "aiohttp")
-_NOT_AIOHTTP = ("uvicorn", "hypercorn", *_WSGI)
+_WEBSOCKETS = ("uvicorn", "hypercorn", "aiohttp", "granian")
+_NOT_AIOHTTP = ("uvicorn", "hypercorn", "granian", *_WSGI)
+_NOT_GRANIAN = ("uvicorn", "hypercorn", "aiohttp", *_WSGI)
 
 #: Scopes: read by each generation (and handed to it), by a generation started
 #: alone (its own --bind), or by the manager only.
@@ -124,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
     _child("--keep-alive", "idle keep-alive (default 5)", default=5.0, type=seconds, metavar="S"),
     _child(
         "--read-timeout", "cut a request head not whole S after it began: 408 (default none)",
-        type=seconds, metavar="S",
+        type=seconds, metavar="S", servers=_NOT_GRANIAN,
     ),
     _child(
         "--max-header-size", "refuse a request head above this: 431 (default 16384)",
@@ -242,7 +245,7 @@ def check_honoured(values: Mapping[str, Any], interface: str, server: str) -> No
         values: option values by name, e.g. ``vars(args)`` or a ServeOptions as a dict.
         interface: ``asgi``, ``wsgi``, ``aiohttp``, or ``auto`` (not known yet: only
             an option that every interface would ignore with ``server`` is refused).
-        server: ``uvicorn`` or ``hypercorn``.
+        server: ``uvicorn``, ``hypercorn`` or ``granian``.
 
     Raises:
         OptionIgnoredError: naming the first such option and the server.
