@@ -144,7 +144,8 @@ def test_an_option_granian_would_ignore_is_refused(option: list[str], message: s
 
 def test_missing_granian_is_one_line_naming_the_extra(tmp_path: Path) -> None:
     (tmp_path / "granian.py").write_text("raise ImportError('no granian here')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]])}
+    paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     result = subprocess.run(
         [*GRANIAN, "--bind", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=TIMEOUT, cwd=APPS, env=env,

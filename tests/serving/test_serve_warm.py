@@ -234,3 +234,21 @@ def test_after_gapless_upgrade_a_new_fork_server_serves_warm_starts(tmp_path: Pa
         assert _forkserver_ready(manager) != first
         reload(manager)
         manager.wait_line(WARM.format(2))
+
+
+@needs_wrk
+def test_granian_generations_fork_warm_and_lose_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("granian")
+    with serving(tmp_path, "serve_app:app", "--server", "granian") as manager:
+        _forkserver_ready(manager)
+        kept = Wrk(manager.port, tmp_path, connections=8)
+        prober = Prober(manager.port, threads=2)
+        for number in range(2, 5):
+            reload(manager)
+            manager.wait_line(WARM.format(number))
+        for number in range(1, 4):
+            manager.wait_line(rf"generation {number} \(pid \d+\) exited with code 0")
+        results = {"keep-alive": kept.stop(), "prober": prober.stop()}
+    for name, result in results.items():
+        assert result.requests > 50, (name, result.requests)
+        assert result.failed == 0, (name, result.failures, result.examples[:3])

@@ -71,7 +71,7 @@ def serve(
         app: an ASGI, WSGI or aiohttp application, or ``"module:attr"`` naming one.
         bind: ``[NAME=]ADDRESS`` strings, as ``gapless serve --bind``.
         interface: ``auto`` (detected), ``asgi``, ``wsgi`` or ``aiohttp``.
-        server: ``uvicorn`` or ``hypercorn``, for ASGI and WSGI.
+        server: ``uvicorn`` or ``hypercorn`` (ASGI and WSGI), ``granian`` (ASGI).
         workers: processes sharing the sockets in each generation.
         options: drain timeout, keep-alive, TLS files, limits (:class:`ServeOptions`).
         hooks: ``before_upgrade``, ``on_ready``, ``before_shutdown``, ``after_shutdown``

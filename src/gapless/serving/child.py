@@ -213,6 +213,7 @@ _STACKS = {
     ),
     "hypercorn": ("gapless.integrations.hypercorn", "hypercorn.asyncio", "hypercorn.protocol"),
     "aiohttp": ("gapless.integrations.aiohttp", "aiohttp.web"),
+    "granian": ("gapless.integrations.granian",),
 }
 
 

@@ -3,7 +3,7 @@
 ::
 
     gapless serve MODULE:APP [--bind [NAME=]ADDRESS]... [--interface auto|asgi|wsgi|aiohttp]
-                  [--server uvicorn|hypercorn] [--workers N] [--hooks MODULE]
+                  [--server uvicorn|hypercorn|granian] [--workers N] [--hooks MODULE]
                   [--drain-timeout S] [--certfile F --keyfile F] [limits...]
                   [--control PATH] [--pid-file PATH] [--no-fork-server] [--ready-timeout S]
                   [--log-format F]
