@@ -18,7 +18,7 @@ from manager_harness import Manager
 from prober import Prober
 from serve_harness import APPS, gapless, reload, serving
 
-from gapless.run.zygote import Snapshot
+from gapless.run.staleness import Snapshot
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 

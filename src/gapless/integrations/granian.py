@@ -1,6 +1,9 @@
 """granian (ASGI over HTTP/1.1, its Rust HTTP stack) on inherited sockets, with a
 drain that loses nothing a keep-alive client sends.
 
+A little over 300 lines: most of it is this account of the granian internals
+relied on and of its drain, which belongs beside the code that depends on it.
+
 granian has no option to serve an inherited socket, but its worker class
 (``ASGIWorker``) serves a ``SocketHolder(fd, uds, backlog)``: this module runs
 one such worker per socket in this process, the way granian's own worker
