@@ -14,7 +14,7 @@ or run it under gapless; those whose server binds by itself are in
 ``run``        ``gapless run`` holds the socket; ``gapless reload`` (the default)
 ``run-notify`` the same with ``--ready notify`` (no /proc polling while starting)
 ``library``    the server adopts LISTEN_FDS and upgrades itself on USR2 (the demo)
-``serve``      ``gapless run`` with ``gapless.serving.child``: uvicorn, a lossless drain
+``serve``      ``gapless serve``: uvicorn, a lossless drain, warm starts
 ``reuseport``  each generation gets its own SO_REUSEPORT socket, handed over as
                LISTEN_FDS; the new one starts beside the old, then the old goes
 =============  ================================================================
@@ -227,10 +227,10 @@ class RunNotifyStrategy(RunStrategy):
 
 
 class ServeStrategy(RunStrategy):
-    """``gapless serve``'s lossless drain, as a child of ``gapless run``."""
+    """``gapless serve``: its lossless drain and its fork server."""
 
     name = "serve"
-    summary = "gapless serve: gapless run with a drain that loses nothing (uvicorn inside)"
+    summary = "gapless serve: a drain that loses nothing (uvicorn inside), warm starts"
     default_command = (
         sys.executable, "-m", "gapless.serving.child", "gapless.bench.apps:asgi", "--no-access-log",
     )  # fmt: skip
@@ -239,6 +239,15 @@ class ServeStrategy(RunStrategy):
         if importlib.util.find_spec("gapless.serving.child") is None:
             raise BenchError("strategy 'serve' needs gapless.serving.child, which is missing")
         super().start(address)
+
+    def _argv(self, address: TcpAddress) -> list[str]:
+        # ``gapless serve`` itself (its fork server included) when COMMAND is a
+        # generation of it; any other COMMAND runs under gapless run as given.
+        runner = [sys.executable, "-m", "gapless.serving.child"]
+        if list(self.command[:3]) != runner:
+            return super()._argv(address)
+        serve = (sys.executable, "-m", "gapless.cli", "serve", *self.command[3:])
+        return [*serve, "--bind", f"web={address}", "--control", self._control]
 
 
 class ReuseportStrategy(_Handed):
