@@ -38,15 +38,17 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.parametrize(
     ("app", "message"),
     [
-        ("nosuchmodule:app", "gapless serve: error: no module 'nosuchmodule' for 'nosuchmodule:app'"),
-        ("serve_app.nosuch:app", "gapless serve: error: no module 'serve_app.nosuch' for "),
+        (
+            "nosuchmodule:app",
+            "gapless serve: error: no module 'nosuchmodule' for 'nosuchmodule:app'",
+        ),
         ("nocolon", "gapless serve: error: invalid application 'nocolon': write MODULE:APP"),
         ("serve_app:", "gapless serve: error: invalid application 'serve_app:': write MODULE:APP"),
     ],
 )
 def test_a_bad_application_fails_before_binding(tmp_path: Path, app: str, message: str) -> None:
     path = tmp_path / "web.sock"
-    line = _one_line(_gapless("serve", app, "--bind", f"unix:{path}", "--control", str(tmp_path)))
+    line = _one_line(_gapless("serve", app, "--bind", f"unix:{path}"))
     assert line.startswith(message), line
     assert not path.exists()  # no socket was bound
 
@@ -78,8 +80,16 @@ def test_missing_uvicorn_is_one_line_naming_the_extra(tmp_path: Path) -> None:
     (tmp_path / "uvicorn.py").write_text("raise ImportError('no uvicorn here')\n")
     paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    line = _one_line(_gapless("serve", "serve_app:app", "--bind", "127.0.0.1:0", env=env))
+    args = ["serve", "serve_app:app", "--bind", f"unix:{tmp_path}/web.sock"]
+    line = _one_line(_gapless(*args, "--interface", "asgi", env=env))
     assert line == "gapless serve: uvicorn is not installed: pip install 'gapless[serve]'"
+    # Detected, an aiohttp application would need no uvicorn: aiohttp is installed here.
+    line = _one_line(_gapless(*args, env=env))
+    assert line == (
+        "gapless serve: uvicorn is not installed: pip install 'gapless[serve]' "
+        "(an aiohttp application: --interface aiohttp)"
+    )
+    assert not (tmp_path / "web.sock").exists()
 
 
 @pytest.mark.parametrize(
@@ -101,9 +111,7 @@ def test_missing_uvicorn_is_one_line_naming_the_extra(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_an_unknown_option_names_the_subcommand_and_the_nearest(
-    args: list[str], line: str
-) -> None:
+def test_an_unknown_option_names_the_subcommand_and_the_nearest(args: list[str], line: str) -> None:
     assert _one_line(_gapless(*args)) == line
 
 
@@ -119,7 +127,7 @@ def test_durations_take_a_unit(text: str, value: float) -> None:
 @pytest.mark.parametrize("text", ["5x", "ms", "-1s", "", "inf", "nan", "1e9s"])
 def test_a_bad_duration_is_refused(text: str) -> None:
     for parse in (positive_seconds, delay, seconds):
-        with pytest.raises(argparse.ArgumentTypeError, match="e.g. 500ms, 30s, 2m"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"e\.g\. 500ms, 30s, 2m"):
             parse(text)
 
 

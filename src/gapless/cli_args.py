@@ -67,7 +67,8 @@ class Parser(argparse.ArgumentParser):
         """Exit naming the first argument not understood, and the option nearest to it."""
         word = next((each for each in extras if each.startswith("-")), extras[0])
         known = [flag for action in self._actions for flag in action.option_strings]
-        nearest = difflib.get_close_matches(word.partition("=")[0], known, n=1)
+        option = word.partition("=")[0] if word.startswith("-") else ""
+        nearest = difflib.get_close_matches(option, known, n=1) if option else []
         if nearest:
             self.exit(
                 EXIT_USAGE,
@@ -79,7 +80,7 @@ class Parser(argparse.ArgumentParser):
         """The parser of the subcommand given (the deepest), else this one."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                sub = action.choices.get(getattr(parsed, action.dest, None))
+                sub = action.choices.get(str(getattr(parsed, action.dest, "")))
                 if isinstance(sub, Parser):
                     return sub._chosen(parsed)
         return self
