@@ -14,6 +14,7 @@ import pytest
 from manager_harness import TIMEOUT, gapless_argv
 from serve_harness import APPS
 
+from gapless.bench.cli import build_parser as build_bench_parser
 from gapless.cli import build_parser
 from gapless.cli_args import delay, positive_seconds
 from gapless.serving.options import seconds
@@ -147,6 +148,10 @@ def test_every_seconds_option_takes_a_duration() -> None:
     assert (serve.ws_grace, serve.read_timeout) == (0.25, 10.0)
     demo = parser.parse_args(["demo", "--duration", "1m"])
     assert demo.duration == 60.0
+    bench = build_bench_parser().parse_args(
+        ["--seconds", "1m", "--timeout", "90s", "--reload-every", "500ms"]
+    )
+    assert (bench.duration, bench.timeout, bench.reload_every) == (60.0, 90.0, 0.5)
 
 
 def test_a_bad_duration_on_the_command_line_is_one_line() -> None:
