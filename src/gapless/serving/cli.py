@@ -107,14 +107,14 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
         from .child import main as serve_child
 
         return serve_child(child_argv(args))
-    unservable = _unservable(args, os.getcwd())
-    if unservable is not None:
-        print(f"gapless serve: {unservable}", file=sys.stderr)
-        return EXIT_USAGE
     for option in ("certfile", "keyfile"):
         path = getattr(args, option)
         if path is not None and not os.access(path, os.R_OK):
             raise ServeError(f"cannot read --{option} {path!r}: check the path and permissions")
+    unservable = _unservable(args, os.getcwd())
+    if unservable is not None:
+        print(f"gapless serve: {unservable}", file=sys.stderr)
+        return EXIT_USAGE
     from ..run.config import ManagerConfig, ReadyMode
     from ..run.launch import start
 
