@@ -18,6 +18,10 @@ Started with sockets of its own (``LISTEN_FDS`` for its PID: under
 generation instead, exactly ``python -m gapless.serving.child``: whatever passed
 the sockets also restarts it.
 
+Otherwise what each generation would fail on at its start and can be told
+without importing the application (``MODULE:APP`` malformed, a module not
+found, uvicorn missing) is refused before a socket is bound: exit 2, one line.
+
 Example::
 
     gapless serve myapp:app --bind :8000 --workers 4 &
