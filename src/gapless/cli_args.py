@@ -17,9 +17,11 @@ Example::
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
+import re
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -34,6 +36,7 @@ __all__ = [
     "Parser",
     "bind",
     "delay",
+    "duration",
     "nonempty_path",
     "positive_seconds",
     "usage_error",
@@ -45,10 +48,42 @@ EXIT_USAGE = 2
 
 
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line: ``PROG: error: ...; see PROG --help``."""
+    """An ``ArgumentParser`` whose errors are one line: ``PROG: error: ...; see PROG --help``,
+    said by the subcommand's parser when there is one, which also suggests the
+    nearest option for one it does not know."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._chosen(parsed).unrecognized(extras)
+        return parsed
+
+    def unrecognized(self, extras: Sequence[str]) -> NoReturn:
+        """Exit naming the first argument not understood, and the option nearest to it."""
+        word = next((each for each in extras if each.startswith("-")), extras[0])
+        known = [flag for action in self._actions for flag in action.option_strings]
+        option = word.partition("=")[0] if word.startswith("-") else ""
+        nearest = difflib.get_close_matches(option, known, n=1) if option else []
+        if nearest:
+            self.exit(
+                EXIT_USAGE,
+                f"{self.prog}: error: unrecognized argument {word}; did you mean {nearest[0]}?\n",
+            )
+        self.error(f"unrecognized argument {word}")
+
+    def _chosen(self, parsed: argparse.Namespace) -> Parser:
+        """The parser of the subcommand given (the deepest), else this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(str(getattr(parsed, action.dest, "")))
+                if isinstance(sub, Parser):
+                    return sub._chosen(parsed)
+        return self
 
 
 def usage_error(prog: str, message: str) -> NoReturn:
@@ -80,26 +115,43 @@ def whole_number(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def positive_seconds(text: str) -> float:
-    """argparse type: a number of seconds above 0."""
+#: A duration: a number of seconds, or one with a unit (``500ms``, ``30s``, ``2m``, ``1h``).
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<unit>ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: Longer than any wait gapless does (and than ``time.monotonic`` arithmetic minds).
+MAX_SECONDS = 1e6
+
+
+def duration(text: str, *, minimum: float = 0.0, above: bool = False) -> float:
+    """Seconds of ``text``: ``30``, ``0.5``, ``30s``, ``500ms``, ``2m`` or ``1h``.
+
+    Raises:
+        argparse.ArgumentTypeError: not a duration from ``minimum`` (``above``:
+            excluded) below :data:`MAX_SECONDS`, with the forms allowed.
+    """
+    match = _DURATION.fullmatch(text.strip())
     try:
-        value = float(text)
+        value = float(match["number"]) * _UNITS[match["unit"]] if match else float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    low_ok = value > minimum if above else value >= minimum
+    if not (low_ok and value < MAX_SECONDS):  # also refuses nan and inf
+        bound = f"above {minimum:g}" if above else f"from {minimum:g}"
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: give seconds {bound} or a number with ms, s, m or h, "
+            "e.g. 500ms, 30s, 2m"
+        )
     return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a duration above 0 (see :func:`duration`)."""
+    return duration(text, above=True)
 
 
 def delay(text: str) -> float:
-    """argparse type: a number of seconds from 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return value
+    """argparse type: a duration from 0 (see :func:`duration`)."""
+    return duration(text)
 
 
 def nonempty_path(text: str) -> str:

@@ -88,7 +88,7 @@ def test_unreadable_certificate_exits_3_naming_it(tmp_path: Path) -> None:
 def test_bad_option_exits_2() -> None:
     result = _run("serve_app:app", "--drain-timeout", "soon")
     assert result.returncode == 2
-    assert "invalid seconds 'soon'" in result.stderr
+    assert "invalid duration 'soon'" in result.stderr
 
 
 def test_failed_lifespan_startup_exits_3_without_ready(tmp_path: Path) -> None:

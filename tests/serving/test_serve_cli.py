@@ -132,12 +132,12 @@ def test_misuse_is_one_line(args: Sequence[str], code: int, message: str) -> Non
 def test_an_app_that_cannot_load_fails_the_start_with_its_reason(tmp_path: Path) -> None:
     control = str(tmp_path / "control.sock")
     argv = gapless_argv(
-        "serve", "no_such_module:app", "--bind", "127.0.0.1:0", "--control", control
-    )
+        "serve", "serve_app:no_such_app", "--bind", "127.0.0.1:0", "--control", control
+    )  # found (a missing module is refused before binding), but fails to load
     result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd=APPS)
     assert result.returncode == 1
     assert re.search(r"start failed: generation 1 exited with code 3", result.stderr)
-    assert "cannot import 'no_such_module'" in result.stderr
+    assert "no attribute 'no_such_app' in 'serve_app:no_such_app'" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")

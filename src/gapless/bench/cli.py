@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from ..cli_args import Parser, whole_number
+from ..cli_args import Parser, positive_seconds, whole_number
 from ..errors import BenchError, GaplessError
 from ..sockets.addresses import TcpAddress, parse_bind
 from .strategies import STRATEGIES
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bind", default="127.0.0.1:0", metavar="ADDRESS", help="HOST:PORT; default a free port")
     add("--reloads", type=_count, default=5, metavar="N", help="default 5")
     add(
-        "--duration", "--seconds", type=_positive, metavar="S",
+        "--duration", "--seconds", type=positive_seconds, metavar="S",
         help="seconds of load, default 10 (--speed: per row, default 20)",
     )  # fmt: skip
     add("--rate", type=_positive, default=200.0, metavar="R", help="prober requests/s, default 200")
@@ -87,10 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not split CPUs between server and load",
     )
     add("--output", default="gapless-bench", metavar="DIR", help="for the JSON and PNG files")
-    add("--timeout", type=_positive, default=60.0, metavar="S", help="for any one wait, default 60")
+    add(
+        "--timeout",
+        type=positive_seconds,
+        default=60.0,
+        metavar="S",
+        help="for any one wait, default 60",
+    )
     speed = parser.add_argument_group("speed mode")
     speed.add_argument("--speed", action="store_true", help="the throughput table (issue 12)")
-    speed.add_argument("--reload-every", type=_positive, metavar="S", help="default 2")
+    speed.add_argument("--reload-every", type=positive_seconds, metavar="S", help="default 2")
     speed.add_argument("--rounds", type=_at_least_one, metavar="R", help="default 3")
     speed.add_argument("--servers", type=_servers, metavar="LIST", help="default uvicorn,granian")
     speed.add_argument("--json", metavar="FILE", help="write every run and row here")

@@ -18,6 +18,10 @@ Started with sockets of its own (``LISTEN_FDS`` for its PID: under
 generation instead, exactly ``python -m gapless.serving.child``: whatever passed
 the sockets also restarts it.
 
+Otherwise what each generation would fail on at its start and can be told
+without importing the application (``MODULE:APP`` malformed, a module not
+found, uvicorn missing) is refused before a socket is bound: exit 2, one line.
+
 Example::
 
     gapless serve myapp:app --bind :8000 --workers 4 &
@@ -27,8 +31,11 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -38,7 +45,15 @@ from ..errors import GaplessError, ServeError
 from ..sockets.addresses import parse_bind
 from .options import add_serve_options, check_honoured, child_argv
 
-__all__ = ["DEFAULT_BIND", "DRAIN_MARGIN", "add_parser", "child_command", "inherited", "run"]
+__all__ = [
+    "DEFAULT_BIND",
+    "DRAIN_MARGIN",
+    "add_parser",
+    "child_command",
+    "inherited",
+    "missing_module",
+    "run",
+]
 
 DEFAULT_BIND = "127.0.0.1:8000"  # uvicorn's default
 #: Seconds the manager adds to ``--drain-timeout`` before it kills a draining
@@ -100,6 +115,10 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
         path = getattr(args, option)
         if path is not None and not os.access(path, os.R_OK):
             raise ServeError(f"cannot read --{option} {path!r}: check the path and permissions")
+    unservable = _unservable(args, os.getcwd())
+    if unservable is not None:
+        print(f"gapless serve: {unservable}", file=sys.stderr)
+        return EXIT_USAGE
     from ..run.config import ManagerConfig, ReadyMode
     from ..run.launch import start
 
@@ -134,3 +153,77 @@ def _misuse(args: argparse.Namespace) -> str | None:
     except GaplessError as exc:
         return str(exc)
     return None
+
+
+def _unservable(args: argparse.Namespace, directory: str) -> str | None:
+    """What each generation would fail on at its start that can be told here, before
+    a socket is bound, without importing the application; None if nothing."""
+    module, _, attribute = args.app.partition(":")
+    if not module or not attribute:
+        return f"error: invalid application {args.app!r}: write MODULE:APP, e.g. myapp:app"
+    named = [(module, args.app)]
+    named += [
+        (text.partition("=")[2].partition(":")[0], f"--app {text}") for text in args.app_by_name
+    ]
+    named += [(args.hooks, f"--hooks {args.hooks}")] if args.hooks else []
+    for name, what in named:
+        missing = missing_module(name, directory)
+        if missing is not None:
+            return (
+                f"error: no module {missing!r} for {what!r} in {directory}: check the name, "
+                "or serve from the directory that holds it (or set PYTHONPATH)"
+            )
+    return _uvicorn_missing(args, directory)
+
+
+def missing_module(name: str, directory: str) -> str | None:
+    """The first part of the dotted module ``name`` that a generation started in
+    ``directory`` would not find, or None; found without importing any part of it.
+
+    A part under a plain module (not a package) counts as found: only an import
+    could tell.
+    """
+    top, *rest = name.split(".")
+    saved = sys.path[:]
+    sys.path.insert(0, directory)  # as gapless.serving.apps does before importing
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):  # ValueError: in sys.modules without a spec
+        spec = None
+    finally:
+        sys.path[:] = saved
+    found = top
+    for part in rest:
+        if spec is None or spec.submodule_search_locations is None:
+            break
+        locations = list(spec.submodule_search_locations)
+        found = f"{found}.{part}"
+        spec = importlib.machinery.PathFinder.find_spec(found, locations)
+    return found if spec is None else None
+
+
+def _uvicorn_missing(args: argparse.Namespace, directory: str) -> str | None:
+    if args.server != "uvicorn" or args.interface == "aiohttp":
+        return None
+    if _importable("uvicorn", directory):
+        return None
+    message = "uvicorn is not installed: pip install 'gapless[serve]'"
+    # auto: an aiohttp application would need no uvicorn, but that shows only on import.
+    if args.interface == "auto" and importlib.util.find_spec("aiohttp") is not None:
+        message += " (an aiohttp application: --interface aiohttp)"
+    return message
+
+
+def _importable(module: str, directory: str) -> bool:
+    """Whether a generation could import ``module``: tried in a process of its own,
+    so the manager, which lives long, does not hold the server stack."""
+    if importlib.util.find_spec(module) is None:
+        return False
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            cwd=directory, capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return True  # cannot tell: let the generation say
+    return result.returncode == 0

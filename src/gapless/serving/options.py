@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..cli_args import RESTART_GROUP, RESTART_OPTIONS, Option, bind
+from ..cli_args import RESTART_GROUP, RESTART_OPTIONS, Option, bind, duration
 from ..errors import OptionIgnoredError
 from ..integrations.common import ServeOptions
 from ..run.eventlog import LOG_FORMATS
@@ -72,14 +72,8 @@ CHILD, ALONE, MANAGER = "child", "alone", "manager"
 
 
 def seconds(text: str) -> float:
-    """argparse type: a number of seconds from 0, below a million."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e6:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: give a number from 0")
-    return value
+    """argparse type: a duration from 0 below a million seconds: ``30``, ``500ms``, ``2m``."""
+    return duration(text)
 
 
 def positive(text: str) -> int:
