@@ -89,3 +89,14 @@ def test_a_warm_generations_stdout_is_relayed_as_a_cold_ones(tmp_path: Path) -> 
         reload(manager)
         pid = manager.wait_line(r"generation 2 started as pid (\d+) \(forked warm\)").group(1)
         manager.wait_line(rf"^\[gen 2 pid {pid}\] imported on stdout in pid {pid}$")
+
+
+def test_the_watchdogs_json_lines_have_ts_and_level_too(tmp_path: Path) -> None:
+    options = ("--log-format", "json")
+    with running(tmp_path, STDOUT, *options, ready_line='"event": "ready"') as manager:
+        manager.process.kill()  # the watchdog ends generation 1, and says so
+        manager.process.wait()
+        manager.read_to_end()
+    records = [json.loads(line) for line in manager.lines]
+    said = [r for r in records if r["event"] == "watchdog"]
+    assert said and all(r["level"] == "warning" and r["ts"].endswith("Z") for r in said), said
