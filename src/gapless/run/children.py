@@ -1,6 +1,6 @@
-"""The OS side of the manager's generations: their processes, stderr and exits.
+"""The OS side of the manager's generations: their processes, output and exits.
 
-A little over 300 lines: spawning, reaping and the watchdog share the one map of
+About 330 lines: spawning, reaping and the watchdog share the one map of
 processes, whose reaping order is subtle; kept whole rather than split across it.
 
 :class:`Children` starts a generation with the listeners, registers its pidfd
