@@ -92,7 +92,9 @@ class FakeChildren:
     def adopt_watchdog(self, state: Mapping[str, int] | None) -> None:
         raise AssertionError("no exec in place here")
 
-    def adopt(self, number: int, pid: int, stderr_fd: int | None) -> GenerationProcess:
+    def adopt(
+        self, number: int, pid: int, stderr_fd: int | None, stdout_fd: int | None = None
+    ) -> GenerationProcess:
         raise AssertionError("no exec in place here")
 
     def reap(self) -> None:

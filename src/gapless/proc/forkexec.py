@@ -58,9 +58,10 @@ def _prctl() -> Callable[..., int]:
     return prctl
 
 
-def fork_exec(plan: Plan, err_w: int, out_w: int | None) -> int:
+def fork_exec(plan: Plan, err_w: int, out_w: int | None, stdout_w: int | None = None) -> int:
+    """Fork and exec ``plan``; ``out_w`` becomes the child's stderr, ``stdout_w`` its stdout."""
     prctl = _prctl() if plan.death_signal else None
-    return fork_signals_blocked(functools.partial(_child, plan, err_w, out_w, prctl))
+    return fork_signals_blocked(functools.partial(_child, plan, err_w, (out_w, stdout_w), prctl))
 
 
 def fork_signals_blocked(child: Callable[[], NoReturn]) -> int:
@@ -87,7 +88,12 @@ def fork_signals_blocked(child: Callable[[], NoReturn]) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _child(plan: Plan, err_w: int, out_w: int | None, prctl: Callable[..., int] | None) -> NoReturn:
+def _child(
+    plan: Plan,
+    err_w: int,
+    outputs: tuple[int | None, int | None],
+    prctl: Callable[..., int] | None,
+) -> NoReturn:
     """Set up the forked child and exec; on failure report ``stage:errno``, exit 127."""
     stage = b"setup"
     code = 0
@@ -105,7 +111,7 @@ def _child(plan: Plan, err_w: int, out_w: int | None, prctl: Callable[..., int] 
             stage = b"chdir"
             os.chdir(plan.cwd)
         stage = b"setup"
-        err_w = _place_fds(plan, err_w, out_w)
+        err_w = _place_fds(plan, err_w, outputs)
         if plan.set_listen_pid:
             plan.env[b"LISTEN_PID"] = b"%d" % os.getpid()
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -129,16 +135,21 @@ def _die_with_parent(plan: Plan, prctl: Callable[..., int]) -> None:
         os.kill(os.getpid(), plan.death_signal)
 
 
-def _place_fds(plan: Plan, err_w: int, out_w: int | None) -> int:
-    """Put the sources at 3, 4, ... and close every other fd above 2; return err_w's fd."""
+def _place_fds(plan: Plan, err_w: int, outputs: tuple[int | None, int | None]) -> int:
+    """Put the sources at 3, 4, ..., ``outputs`` (stderr, stdout pipes) at 2 and 1,
+    and close every other fd above 2; return err_w's fd."""
     # Move everything above the target range first, so no dup2 clobbers a source that
     # happens to sit on a target number. The copies are close-on-exec.
     floor = FIRST_FD + len(plan.sources)
     err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, floor)
-    # Copy the sources before fd 2 is replaced: our own stderr may be one of them.
+    # Copy the sources and pipes before fds 1 and 2 are replaced: our own may be one.
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in plan.sources]
-    if out_w is not None:
-        os.dup2(fcntl.fcntl(out_w, fcntl.F_DUPFD_CLOEXEC, floor), 2)
+    pipes = [
+        None if fd is None else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in outputs
+    ]
+    for target, fd in zip((2, 1), pipes, strict=True):
+        if fd is not None:
+            os.dup2(fd, target)
     for target, fd in enumerate(moved, FIRST_FD):
         os.dup2(fd, target)  # dup2 clears close-on-exec on the target
     os.closerange(floor, err_w)

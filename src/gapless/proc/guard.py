@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NoReturn
 
+from .logstamp import stamp
 from .outlet import Outlet
 from .subreaper import group_members
 
@@ -185,7 +186,7 @@ class _Log:
 
     def write(self, message: str) -> None:
         if self._format == "json":
-            record = {"time": round(time.time(), 3), "event": "watchdog", "message": message}
+            record = {**stamp("warning"), "event": "watchdog", "message": message}
             line = json.dumps(record)
         else:
             line = f"gapless[{os.getpid()}]: watchdog: {message}"

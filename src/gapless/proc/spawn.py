@@ -62,12 +62,20 @@ class ExitStatus:
 
 
 class Child:
-    """A spawned generation: its pid, a pidfd to wait on, and its stderr pipe if captured."""
+    """A spawned generation: its pid, a pidfd to wait on, and its stderr and stdout
+    pipes if captured."""
 
-    def __init__(self, pid: int, stderr_fd: int | None, process_group: bool) -> None:
+    def __init__(
+        self,
+        pid: int,
+        stderr_fd: int | None,
+        process_group: bool,
+        stdout_fd: int | None = None,
+    ) -> None:
         self.pid = pid
         self.pidfd = os.pidfd_open(pid)  # close-on-exec by the kernel's rule
         self.stderr_fd = stderr_fd
+        self.stdout_fd = stdout_fd
         self.process_group = process_group
         self.started = time.monotonic()
         self._status: ExitStatus | None = None
@@ -148,10 +156,11 @@ class Child:
             os.killpg(self.pid, sig)
 
     def close(self) -> None:
-        """Close the pidfd and the stderr pipe. It does not reap or signal the child."""
-        _close(self.pidfd if self.pidfd >= 0 else None, self.stderr_fd)
+        """Close the pidfd and the output pipes. It does not reap or signal the child."""
+        _close(self.pidfd if self.pidfd >= 0 else None, self.stderr_fd, self.stdout_fd)
         self.pidfd = -1
         self.stderr_fd = None
+        self.stdout_fd = None
 
 
 def spawn(
@@ -163,6 +172,7 @@ def spawn(
     extra_fds: Mapping[str, int] | None = None,
     new_process_group: bool = False,
     capture_stderr: bool = False,
+    capture_stdout: bool = False,
     cwd: str | None = None,
     death_signal: int | None = None,
 ) -> Child:
@@ -177,6 +187,7 @@ def spawn(
             holds its number in the child.
         new_process_group: put the child in a process group of its own.
         capture_stderr: give the child a pipe as stderr; its read end is ``stderr_fd``.
+        capture_stdout: give the child a pipe as stdout; its read end is ``stdout_fd``.
         cwd: the directory to run the child in.
         death_signal: a signal the child gets when this thread exits or is killed
             (``PR_SET_PDEATHSIG``), so it does not outlive a manager; not for a
@@ -193,16 +204,18 @@ def spawn(
     plan = _make_plan(argv, listeners, names, env, extra_fds or {}, new_process_group, cwd)
     if death_signal:
         plan = dataclasses.replace(plan, death_signal=death_signal, parent_pid=os.getpid())
-    err_r, err_w, out_r, out_w = _pipes(argv[0], capture_stderr)
+    err_r, err_w = _pipe(argv[0])
+    out_r, out_w = _pipe(argv[0], err_r, err_w) if capture_stderr else (None, None)
+    std_r, std_w = _pipe(argv[0], err_r, err_w, out_r, out_w) if capture_stdout else (None, None)
     try:
-        pid = fork_exec(plan, err_w, out_w)
+        pid = fork_exec(plan, err_w, out_w, std_w)
     except BaseException as exc:
-        _close(err_r, out_r)
+        _close(err_r, out_r, std_r)
         if isinstance(exc, OSError):  # EAGAIN under RLIMIT_NPROC, ENOMEM
             raise SuccessorSpawnError(_resource_message(argv[0], "fork failed", exc)) from None
         raise
     finally:
-        _close(err_w, out_w)
+        _close(err_w, out_w, std_w)
     if new_process_group:
         # The child does it too, so that neither a killpg from us nor the child's exec
         # races it; EACCES here only means the child already exec'd, after its own.
@@ -211,33 +224,27 @@ def spawn(
     report = _read_to_eof(err_r)
     if report:
         os.waitpid(pid, 0)
-        _close(out_r)
+        _close(out_r, std_r)
         raise SuccessorSpawnError(_failure_message(argv[0], cwd, report))
-    if out_r is not None:
-        os.set_blocking(out_r, False)
+    for fd in (out_r, std_r):
+        if fd is not None:
+            os.set_blocking(fd, False)
     try:
-        return Child(pid, out_r, new_process_group)
+        return Child(pid, out_r, new_process_group, std_r)
     except OSError as exc:  # no fd for its pidfd: a child we cannot watch must not run
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        _close(out_r)
+        _close(out_r, std_r)
         raise SuccessorSpawnError(_resource_message(argv[0], "cannot open a pidfd", exc)) from None
 
 
-def _pipes(command: str, capture_stderr: bool) -> tuple[int, int, int | None, int | None]:
-    """The exec-report pipe and, if asked, the stderr pipe; fd exhaustion is an error."""
+def _pipe(command: str, *opened: int | None) -> tuple[int, int]:
+    """A pipe; fd exhaustion is an error, which closes the fds ``opened`` before it."""
     try:
-        err_r, err_w = os.pipe()
+        return os.pipe()
     except OSError as exc:
+        _close(*opened)
         raise SuccessorSpawnError(_resource_message(command, "cannot open a pipe", exc)) from None
-    if not capture_stderr:
-        return err_r, err_w, None, None
-    try:
-        out_r, out_w = os.pipe()
-    except OSError as exc:
-        _close(err_r, err_w)
-        raise SuccessorSpawnError(_resource_message(command, "cannot open a pipe", exc)) from None
-    return err_r, err_w, out_r, out_w
 
 
 def _make_plan(

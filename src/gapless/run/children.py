@@ -1,11 +1,11 @@
-"""The OS side of the manager's generations: their processes, stderr and exits.
+"""The OS side of the manager's generations: their processes, output and exits.
 
-A little over 300 lines: spawning, reaping and the watchdog share the one map of
+About 330 lines: spawning, reaping and the watchdog share the one map of
 processes, whose reaping order is subtle; kept whole rather than split across it.
 
 :class:`Children` starts a generation with the listeners, registers its pidfd
-and stderr pipe in the manager's selector, forwards its stderr line by line
-(keeping the tail that explains a failure), reaps it without ever stealing the
+and output pipes in the manager's selector, forwards its stderr and stdout line
+by line (keeping the stderr tail that explains a failure), reaps it without ever stealing the
 status of a known child from the pidfd path, reaps orphans the manager adopted
 as a subreaper, and tells which generation a notify datagram came from. It
 tells the watchdog (gapless.proc.watchdog) each generation's process group, so
@@ -21,18 +21,20 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
 import selectors
 import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
-from ..proc.spawn import Child, ExitStatus, StderrTail, spawn
+from ..proc.spawn import Child, ExitStatus, spawn
 from ..proc.subreaper import group_members
 from ..proc.watchdog import Watchdog
 from ..systemd.notify_receiver import in_process_tree
 from .eventlog import EventLog
+from .genproc import STREAMS as _STREAMS
+from .genproc import GenerationProcess
 from .warm import ForkServer
 
 __all__ = ["Children", "GenerationProcess"]
@@ -40,34 +42,11 @@ __all__ = ["Children", "GenerationProcess"]
 _MAX_PARTIAL_LINE = 8192
 
 
-@dataclass
-class GenerationProcess:
-    """The process of a generation (gapless.run.generations.Generation is its pure
-    record): its leader, stderr tail and what it reported."""
-
-    number: int
-    child: Child
-    tail: StderrTail = field(default_factory=StderrTail)
-    partial: bytes = b""
-    status: ExitStatus | None = None  # set once the leader was reaped
-    released: bool = False  # the generation is over; only its stderr pipe may be open
-    ready_via: str = ""
-    start: str | None = "cold"  # "warm": forked by the fork server (gapless.run.warm)
-    status_line: str | None = None  # the last STATUS= it sent
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
-
-    def last_stderr_lines(self, count: int = 5) -> list[str]:
-        return self.tail.text().strip().splitlines()[-count:]
-
-
 class Children:
     """The live generations' processes, watched through one selector.
 
     Args:
-        selector: the manager's; pidfds and stderr pipes are registered in it with
+        selector: the manager's; pidfds and output pipes are registered in it with
             callables as data.
         log: where child output and orphan reaping are logged.
         on_exit: called once with each generation whose leader was reaped.
@@ -124,6 +103,7 @@ class Children:
             env=env,
             new_process_group=True,
             capture_stderr=True,
+            capture_stdout=True,
             death_signal=death_signal,
         )
         return self._watch(GenerationProcess(number, child))
@@ -140,13 +120,17 @@ class Children:
         except OSError as exc:  # its pipe did not survive the exec: it has fired
             self._log.event("warning", f"cannot adopt the watchdog: {exc.strerror}")
 
-    def adopt(self, number: int, pid: int, stderr_fd: int | None) -> GenerationProcess:
+    def adopt(
+        self, number: int, pid: int, stderr_fd: int | None, stdout_fd: int | None = None
+    ) -> GenerationProcess:
         """Watch a generation this process already runs: after an exec in place,
-        its leader ``pid`` is still our child and ``stderr_fd`` still our pipe."""
-        if stderr_fd is not None:
-            os.set_inheritable(stderr_fd, False)
+        its leader ``pid`` is still our child and ``stderr_fd``, ``stdout_fd`` still
+        our pipes."""
+        for fd in (stderr_fd, stdout_fd):
+            if fd is not None:
+                os.set_inheritable(fd, False)
         self._start_watchdog()
-        child = Child(pid, stderr_fd, process_group=True)
+        child = Child(pid, stderr_fd, process_group=True, stdout_fd=stdout_fd)
         return self._watch(GenerationProcess(number, child, start=None))  # not handed over
 
     def _start_watchdog(self) -> None:
@@ -170,14 +154,17 @@ class Children:
             self.watchdog.watch(proc.pid)  # its process group: its pgid is its pid
         child = proc.child
         self._selector.register(child.pidfd, selectors.EVENT_READ, lambda: self._collect(proc))
-        if child.stderr_fd is not None:
-            self._selector.register(child.stderr_fd, selectors.EVENT_READ, lambda: self.pump(proc))
+        for stream in _STREAMS:
+            fd = proc.fd(stream)
+            if fd is not None:
+                pump = functools.partial(self.pump, proc, stream)
+                self._selector.register(fd, selectors.EVENT_READ, pump)
         return proc
 
-    def pump(self, proc: GenerationProcess) -> None:
-        """Forward what the child wrote to stderr, a bounded amount per call."""
-        fd = proc.child.stderr_fd
+    def pump(self, proc: GenerationProcess, stream: str = "stderr") -> None:
+        """Forward what the child wrote to ``stream``, a bounded amount per call."""
         for _ in range(16):  # so that a chatty child cannot starve the loop
+            fd = proc.fd(stream)
             if fd is None:
                 return
             try:
@@ -185,26 +172,26 @@ class Children:
             except BlockingIOError:
                 return
             if not data:
-                self._end_of_stderr(proc)
+                self._end_of_stream(proc, stream)
                 return
-            proc.tail.feed(data)
-            *lines, proc.partial = (proc.partial + data).split(b"\n")
-            if len(proc.partial) > _MAX_PARTIAL_LINE:
-                lines.append(proc.partial)
-                proc.partial = b""
+            if stream == "stderr":
+                proc.tail.feed(data)
+            *lines, partial = (proc.partial.get(stream, b"") + data).split(b"\n")
+            if len(partial) > _MAX_PARTIAL_LINE:
+                lines.append(partial)
+                partial = b""
+            proc.partial[stream] = partial
             for line in lines:
-                self._log.output(proc.number, proc.pid, line)
+                self._log.output(proc.number, proc.pid, line, stream)
 
-    def _end_of_stderr(self, proc: GenerationProcess) -> None:
-        fd = proc.child.stderr_fd
+    def _end_of_stream(self, proc: GenerationProcess, stream: str) -> None:
+        fd = proc.fd(stream)
         assert fd is not None
         self._selector.unregister(fd)
-        os.close(fd)
-        proc.child.stderr_fd = None
-        if proc.partial:
-            self._log.output(proc.number, proc.pid, proc.partial)
-            proc.partial = b""
-        if proc.released:
+        proc.close_fd(stream)
+        if partial := proc.partial.pop(stream, b""):
+            self._log.output(proc.number, proc.pid, partial, stream)
+        if proc.released and not proc.piped:
             self._procs.pop(proc.number, None)
             proc.child.close()
 
@@ -279,11 +266,12 @@ class Children:
             return
         proc.status = status
         self._selector.unregister(proc.child.pidfd)
-        self.pump(proc)  # what it wrote just before exiting belongs to its story
+        for stream in _STREAMS:  # what it wrote just before exiting belongs to its story
+            self.pump(proc, stream)
         self._on_exit(proc)
 
     def process(self, number: int) -> GenerationProcess | None:
-        """Generation ``number``'s process, until it is released and its stderr closed."""
+        """Generation ``number``'s process, until it is released and its pipes closed."""
         return self._procs.get(number)
 
     def by_pid(self, pid: int) -> GenerationProcess | None:
@@ -306,15 +294,15 @@ class Children:
         return bool(group_members(proc.pid))
 
     def release(self, number: int) -> None:
-        """Forget an exited generation. Its stderr pipe stays open until EOF: a
-        process that left its group (a daemon) may still write to it."""
+        """Forget an exited generation. Its output pipes stay open until EOF: a
+        process that left its group (a daemon) may still write to them."""
         proc = self._procs.get(number)
         if proc is None or proc.released:
             return
         proc.released = True
         if self.watchdog is not None:
             self.watchdog.forget(proc.pid)
-        if proc.child.stderr_fd is None:
+        if not proc.piped:
             self._procs.pop(number)
             proc.child.close()
 
@@ -329,8 +317,9 @@ class Children:
                 self._selector.unregister(proc.child.pidfd)
                 proc.child.kill_group(signal.SIGKILL)
                 proc.child.wait(5.0)
-            if proc.child.stderr_fd is not None:
-                self._selector.unregister(proc.child.stderr_fd)
+            for fd in (proc.fd(stream) for stream in _STREAMS):
+                if fd is not None:
+                    self._selector.unregister(fd)
             proc.child.close()
             if self.watchdog is not None:
                 self.watchdog.forget(proc.pid)

@@ -308,9 +308,17 @@ class Driver:
         assert proc.status is not None
         lingering = self._children.lingering(proc)
         left = ", leaving processes in its group" if lingering else ""
+        gen = self._machine.generations.get(proc.number)
+        state = None if gen is None else gen.state
+        told = state in (GenState.DRAINING, GenState.KILLED)  # we asked it to end
+        how = proc.status.describe()
+        if state is GenState.DRAINING and proc.status.returncode == -self.config.stop_signal:
+            # Its default handler for the stop signal we sent: the end we asked for.
+            how = f"exited on {self.config.stop_signal.name} after its drain"
         self._log.event(
             "exited",
-            f"generation {proc.number} (pid {proc.pid}) {proc.status.describe()}{left}",
+            f"generation {proc.number} (pid {proc.pid}) {how}{left}",
+            level="info" if told or proc.status.returncode == 0 else "warning",
             generation=proc.number,
             pid=proc.pid,
             returncode=proc.status.returncode,

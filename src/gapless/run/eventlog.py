@@ -1,8 +1,10 @@
 """The manager's log: one line per lifecycle event on stderr, as text or JSON.
 
 Each event also goes, as a progress line, to the control clients that wait on
-it (``gapless reload`` prints them as they come). A child's stderr is forwarded
-line by line with a prefix naming its generation and pid.
+it (``gapless reload`` prints them as they come). A child's stderr and stdout
+are forwarded line by line with a prefix naming its generation and pid (in JSON,
+as objects with ``"event": "output"`` and ``"stream"``). Every JSON line has
+``"ts"`` (ISO 8601, UTC, milliseconds) and ``"level"`` (info, warning or error).
 
 Writing never blocks the manager's loop: lines go out through a non-blocking
 :class:`~gapless.proc.outlet.Outlet`; what the reader does not take at once
@@ -14,7 +16,8 @@ Example::
 
     log = EventLog("json")
     log.event("started", "generation 2 started as pid 4242", generation=2, pid=4242)
-    # {"time": 1718000000.123, "event": "started", "message": "generation 2 ...", ...}
+    # {"time": 1718000000.123, "ts": "2024-06-10T06:13:20.123Z", "level": "info",
+    #  "event": "started", "message": "generation 2 started as pid 4242", ...}
 """
 
 from __future__ import annotations
@@ -28,12 +31,22 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..proc.logstamp import LEVELS
+from ..proc.logstamp import stamp as _stamp
 from ..proc.outlet import Outlet
 
-__all__ = ["LOG_FORMATS", "EventLog"]
+__all__ = ["LEVELS", "LOG_FORMATS", "EventLog"]
 
 LOG_FORMATS = ("text", "json")
 BUFFER_LIMIT = 1 << 20  # bytes of lines waiting for a slow reader; past it, lines drop
+# Events that are not plain news; any other kind is "info" unless the caller says.
+_KIND_LEVELS = {
+    "warning": "warning",
+    "killed": "warning",
+    "dropped": "warning",
+    "failed": "error",
+    "bug": "error",
+}
 
 
 class Subscriber(Protocol):
@@ -81,26 +94,36 @@ class EventLog:
         if subscriber in self._subscribers:
             self._subscribers.remove(subscriber)
 
-    def event(self, kind: str, message: str, *, relay: bool = True, **fields: Any) -> None:
-        """Log one lifecycle event and, with ``relay``, tell the subscribers."""
-        self._write(self._format(kind, message, **fields))
+    def event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        relay: bool = True,
+        level: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Log one lifecycle event and, with ``relay``, tell the subscribers; ``level``
+        overrides the one its kind has (see ``_KIND_LEVELS``)."""
+        self._write(self._format(kind, message, level, **fields))
         for subscriber in list(self._subscribers) if relay else ():
             if not subscriber.send({"v": 1, "progress": message, "event": kind, **fields}):
                 self.unsubscribe(subscriber)
 
-    def output(self, generation: int, pid: int, line: bytes) -> None:
-        """Forward one line a child wrote to its stderr."""
+    def output(self, generation: int, pid: int, line: bytes, stream: str = "stderr") -> None:
+        """Forward one line a child wrote to its ``stream`` (stderr or stdout). Its level
+        is info: what a server writes to either is its ordinary log."""
         text = line.decode(errors="replace").rstrip("\r")
         if self.format == "json":
-            record = {"time": round(time.time(), 3), "event": "output", "generation": generation}
-            self._write(json.dumps({**record, "pid": pid, "line": text}))
+            record = {**_stamp("info"), "event": "output", "stream": stream}
+            self._write(json.dumps({**record, "generation": generation, "pid": pid, "line": text}))
         else:
             self._write(f"[gen {generation} pid {pid}] {text}")
 
-    def _format(self, kind: str, message: str, **fields: Any) -> str:
+    def _format(self, kind: str, message: str, level: str | None = None, **fields: Any) -> str:
         if self.format == "json":
-            record = {"time": round(time.time(), 3), "event": kind, "message": message, **fields}
-            return json.dumps(record)
+            stamp = _stamp(level or _KIND_LEVELS.get(kind, "info"))
+            return json.dumps({**stamp, "event": kind, "message": message, **fields})
         return f"gapless[{self._pid}]: {message}"
 
     def _write(self, line: str) -> None:

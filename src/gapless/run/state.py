@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 
+_PIPES = ("stderr_fd", "stdout_fd")  # a generation's output pipes, kept across the exec
+
+
 def stamp_to_json(stamp: UnixPathStamp | None) -> list[Any] | None:
     if stamp is None:
         return None
@@ -51,7 +54,7 @@ def export_generations(
     machine: Generations, children: Processes
 ) -> tuple[dict[str, Any], list[int]]:
     """The generations' part of the state, and the fds the new process must keep
-    (the watchdog's pipe, each generation's stderr pipe).
+    (the watchdog's pipe, each generation's stderr and stdout pipes).
 
     Every generation whose leader still runs is carried; one whose leader was
     reaped (its group lingering) cannot be watched by the new process: see
@@ -73,7 +76,7 @@ def export_generations(
         "watchdog": None if watchdog is None else {"pid": watchdog.pid, "fd": watchdog.fileno()},
     }
     fds = [] if watchdog is None else [watchdog.fileno()]  # its pipe open across the exec
-    fds += [g["stderr_fd"] for g in generations if g["stderr_fd"] is not None]
+    fds += [g[key] for g in generations for key in _PIPES if g[key] is not None]
     return state, fds
 
 
@@ -91,12 +94,14 @@ def adopt_generations(
     (and, after a recovery, a stop or a follow-up reload under way)."""
     handed_over = generations_from_json(state["generations"])
     children.adopt_watchdog(state.get("watchdog"))
-    for (gen, pid, stderr_fd), item in zip(handed_over, state["generations"], strict=True):
-        proc = children.adopt(gen.number, pid, stderr_fd)
+    for (gen, pid, stderr_fd, stdout_fd), item in zip(
+        handed_over, state["generations"], strict=True
+    ):
+        proc = children.adopt(gen.number, pid, stderr_fd, stdout_fd)
         proc.start = item.get("start")  # None from a gapless that did not say
     last = state["last_reload"]
     last_reload = None if last is None else ReloadResult(**{**last, "requests": ()})
-    machine.restore([gen for gen, _, _ in handed_over], last_reload)
+    machine.restore([gen for gen, *_ in handed_over], last_reload)
     if state.get("queued"):
         machine.queued = ()
     if state.get("stopping") is not None:
@@ -153,7 +158,7 @@ def listeners_from_json(value: Sequence[Mapping[str, Any]]) -> list[Listener]:
 def generations_to_json(
     generations: Sequence[tuple[Generation, GenerationProcess]],
 ) -> list[dict[str, Any]]:
-    """The live generations (leaders not yet reaped) with their pid and stderr pipe."""
+    """The live generations (leaders not yet reaped) with their pid and output pipes."""
     result = []
     for gen, proc in generations:
         result.append(
@@ -166,6 +171,7 @@ def generations_to_json(
                 "drain_deadline": gen.drain_deadline,
                 "pid": proc.pid,
                 "stderr_fd": proc.child.stderr_fd,
+                "stdout_fd": proc.child.stdout_fd,
                 "start": proc.start,
             }
         )
@@ -174,8 +180,9 @@ def generations_to_json(
 
 def generations_from_json(
     value: Sequence[Mapping[str, Any]],
-) -> list[tuple[Generation, int, int | None]]:
-    """``(generation, leader pid, stderr fd)`` for each generation handed over."""
+) -> list[tuple[Generation, int, int | None, int | None]]:
+    """``(generation, leader pid, stderr fd, stdout fd)`` for each generation handed
+    over; a gapless before 0.x relayed no stdout, so its state has no stdout fd."""
     return [
         (
             Generation(
@@ -188,6 +195,7 @@ def generations_from_json(
             ),
             item["pid"],
             item["stderr_fd"],
+            item.get("stdout_fd"),
         )
         for item in value
     ]

@@ -160,6 +160,7 @@ class ForkServer:
         if self._channel is None or not self.ready:
             return self._why
         stderr_r, stderr_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
         go_r, go_w = os.pipe()
         env = {
             **env,
@@ -173,7 +174,8 @@ class ForkServer:
             "manager": os.getpid(),
             "death_signal": death_signal,
         }
-        fds = [go_r, stderr_w, *(sock.fileno() for sock in listeners)]
+        # The order gapless.run.zygote._place_fds expects.
+        fds = [go_r, stderr_w, stdout_w, *(sock.fileno() for sock in listeners)]
         try:
             socket.send_fds(self._channel, [json.dumps(request).encode()], fds)
             answer = self._receive(timeout=ANSWER_TIMEOUT)
@@ -181,22 +183,23 @@ class ForkServer:
             self.retire(f"cannot reach the fork server ({exc.strerror})", kill=True)
             answer = None
         finally:
-            os.close(go_r)
-            os.close(stderr_w)
+            for fd in (go_r, stderr_w, stdout_w):
+                os.close(fd)
         pid = answer.get("pid") if answer else None
         if not isinstance(pid, int):
-            os.close(go_w)  # a generation forked after all reads EOF and exits untouched
-            os.close(stderr_r)
+            for fd in (go_w, stderr_r, stdout_r):  # a generation forked after all
+                os.close(fd)  # reads EOF on go and exits untouched
             if answer is not None:
                 self.retire(str(answer.get("stale") or answer.get("error") or answer))
             return self._why
         try:
-            child = Child(pid, stderr_r, process_group=True)
+            child = Child(pid, stderr_r, process_group=True, stdout_fd=stdout_r)
         except OSError as exc:
-            os.close(go_w)
-            os.close(stderr_r)
+            for fd in (go_w, stderr_r, stdout_r):
+                os.close(fd)
             return f"cannot watch the forked generation ({exc.strerror})"
         os.set_blocking(stderr_r, False)
+        os.set_blocking(stdout_r, False)
         os.write(go_w, b"g")
         os.close(go_w)
         return child

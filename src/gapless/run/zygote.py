@@ -11,7 +11,7 @@ socket as ``LISTEN_FDS``. It imports ``MODULE`` and calls its
 ``warm_up(args)`` if it has one (:func:`gapless.serving.child.warm_up` imports
 uvicorn's protocols, the drain, asyncio...), records every module file it then
 holds, and says ``{"ready": ...}``. Each request names a generation's argv,
-environment and directory and carries its fds (a go pipe, stderr, the
+environment and directory and carries its fds (a go pipe, stderr, stdout, the
 listeners). The fork server answers ``{"stale": why}`` instead of forking when
 anything it imported changed on disk (path, size, mtime of each module file, a
 directory of ``sys.path``, the interpreter), the environment or the directory
@@ -118,7 +118,7 @@ def _send(channel: socket.socket, message: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class _Order:
-    """One generation to fork: the request, its fds [go, stderr, listener...]."""
+    """One generation to fork: the request, its fds [go, stderr, stdout, listener...]."""
 
     request: dict[str, Any]
     fds: list[int]
@@ -182,13 +182,15 @@ def _generation(order: _Order, intermediate: int) -> NoReturn:
 
 
 def _place_fds(fds: list[int]) -> int:
-    """fds are [go, stderr, listener...]: listeners to 3, 4, ..., stderr to 2, the
-    rest closed; return go's new fd."""
-    go, stderr, *listeners = fds
+    """fds are [go, stderr, stdout, listener...] (gapless.run.warm sends them so):
+    listeners to 3, 4, ..., stderr to 2, stdout to 1, the rest closed; return go's
+    new fd."""
+    go, stderr, stdout, *listeners = fds
     floor = FIRST_FD + len(listeners)
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in listeners]
     go = fcntl.fcntl(go, fcntl.F_DUPFD_CLOEXEC, floor)
     os.dup2(stderr, 2)
+    os.dup2(stdout, 1)
     for target, fd in enumerate(moved, FIRST_FD):
         os.dup2(fd, target)
     os.closerange(floor, go)
