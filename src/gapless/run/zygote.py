@@ -39,6 +39,7 @@ import ctypes
 import fcntl
 import functools
 import importlib
+import io
 import json
 import os
 import runpy
@@ -167,6 +168,7 @@ def _generation(order: _Order, intermediate: int) -> NoReturn:
         go = _place_fds(order.fds)
         os.environ.clear()
         os.environ.update(request["env"])
+        _reopen_stdio()
         os.environ["LISTEN_PID"] = str(os.getpid())
         manager, death_signal = int(request["manager"]), int(request["death_signal"])
         _become_managed(manager, death_signal, order.libc, intermediate)
@@ -179,6 +181,28 @@ def _generation(order: _Order, intermediate: int) -> NoReturn:
         traceback.print_exc()
     _finish()
     os._exit(code)
+
+
+def _reopen_stdio() -> None:
+    """New sys.stdout and sys.stderr on the new fds 1 and 2, buffered as a fresh
+    interpreter would buffer them (by isatty, PYTHONUNBUFFERED), not as the fork
+    server's were for its own fds."""
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        encoding = getattr(old, "encoding", None) or "utf-8"
+        errors = "backslashreplace" if fd == 2 else getattr(old, "errors", None) or "strict"
+        line_buffered = fd == 2 or os.isatty(fd)
+        raw = io.FileIO(fd, "w", closefd=False)
+        stream = io.TextIOWrapper(
+            raw if unbuffered else io.BufferedWriter(raw),
+            encoding=encoding,
+            errors=errors,
+            line_buffering=line_buffered,
+            write_through=unbuffered,
+        )
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
 
 
 def _place_fds(fds: list[int]) -> int:
