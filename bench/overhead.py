@@ -1,0 +1,182 @@
+"""The steady-state overhead of ``gapless serve`` against plain uvicorn, in one run.
+
+    .venv/bin/python bench/overhead.py [--rounds 5] [--seconds 8] [--connections 32]
+        [--app gapless.bench.apps:asgi] [--http httptools]
+
+Alternating rounds (the order swaps each round so that neither server always
+runs on a machine warmed by the other) of:
+
+* plain ``uvicorn APP --port P --no-access-log --log-level info --http H
+  --loop asyncio``;
+* ``gapless serve APP --bind 127.0.0.1:P --no-access-log --log-level warning
+  --http H`` (manager and generation), whose uvicorn loop is asyncio's too.
+
+The server's process tree is pinned to CPU 0 and ``wrk -t1`` (keep-alive) to
+CPU 1. Each round warms up for one second before it measures. Prints each
+round, the medians, the ratio gapless / uvicorn of requests per second and of
+the server's CPU time per request (for gapless: the generation's, the manager's
+printed apart), and the load average before and after. wrk reporting any
+socket error or non-2xx status fails the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from lines import Lines
+from manager_harness import Manager, gapless_argv
+from serve_bench import cpu_seconds, free_port
+from serve_harness import APPS
+
+PYTHON = sys.executable
+SERVER_CPU, LOAD_CPU = "0", "1"
+WARMUP_SECONDS = 1
+
+
+@dataclass
+class Round:
+    rps: float
+    cpu_per_request: float  # the serving process's CPU seconds per request
+    other_cpu: float = 0.0  # the manager's CPU seconds in the same time (gapless only)
+
+
+@dataclass
+class Server:
+    """A server started for one round: the process that serves, and its port."""
+
+    pid: int
+    port: int
+    manager_pid: int | None = None
+
+
+def pinned(cpu: str, argv: Sequence[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv]
+
+
+def wrk(port: int, seconds: int, connections: int) -> tuple[float, int]:
+    """Requests per second and requests, from wrk pinned to the load CPU."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, check=True)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+    requests = re.search(r"(\d+) requests in", out.stdout)
+    assert rps and requests, out.stdout
+    if "Socket errors" in out.stdout or "Non-2xx" in out.stdout:
+        raise AssertionError(f"wrk saw failures:\n{out.stdout}")
+    return float(rps.group(1)), int(requests.group(1))
+
+
+def measure(server: Server, args: argparse.Namespace) -> Round:
+    wrk(server.port, WARMUP_SECONDS, args.connections)
+    manager_before = cpu_seconds(server.manager_pid) if server.manager_pid else 0.0
+    before = cpu_seconds(server.pid)
+    rps, requests = wrk(server.port, args.seconds, args.connections)
+    used = cpu_seconds(server.pid) - before
+    manager = cpu_seconds(server.manager_pid) - manager_before if server.manager_pid else 0.0
+    return Round(rps, used / requests, manager)
+
+
+@contextmanager
+def uvicorn(args: argparse.Namespace) -> Iterator[Server]:
+    """Plain uvicorn on its own port, with gapless's parser and loop.
+
+    Its log level is info, not warning, only so that it says when it listens
+    (it has no other readiness signal): per request uvicorn consults only
+    whether its logger is at TRACE and whether the access log is on, both the
+    same at info and warning, so this costs nothing per request.
+    """
+    port = free_port()
+    argv = [PYTHON, "-m", "uvicorn", args.app, "--port", str(port), "--no-access-log"]
+    argv += ["--log-level", "info", "--http", args.http, "--loop", "asyncio"]
+    process = subprocess.Popen(
+        pinned(SERVER_CPU, argv), cwd=APPS, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    lines = Lines(process.stderr)
+    try:
+        lines.wait_line(r"Uvicorn running on")
+        yield Server(process.pid, port)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+
+
+@contextmanager
+def gapless(args: argparse.Namespace) -> Iterator[Server]:
+    """``gapless serve`` (manager and generation) on a port of its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        control = str(Path(tmp) / "control.sock")
+        argv = gapless_argv("serve", args.app, "--no-access-log", "--log-level", "warning")
+        argv += ["--http", args.http, "--control", control, "--bind", f"127.0.0.1:{free_port()}"]
+        process = subprocess.Popen(
+            pinned(SERVER_CPU, argv), cwd=APPS, stderr=subprocess.PIPE, text=True
+        )
+        manager = Manager(process, control)
+        manager.start_reader()
+        try:
+            manager.wait_line(r"generation 1 ready after")
+            child = manager.status()["generations"][0]["pid"]
+            yield Server(child, manager.port, process.pid)
+        finally:
+            process.terminate()
+            manager.wait(60)
+
+
+def run_rounds(args: argparse.Namespace) -> dict[str, list[Round]]:
+    servers = {"uvicorn": uvicorn, "gapless serve": gapless}
+    results: dict[str, list[Round]] = {name: [] for name in servers}
+    for index in range(args.rounds):
+        order = list(servers) if index % 2 == 0 else list(reversed(servers))
+        for name in order:
+            with servers[name](args) as server:
+                result = measure(server, args)
+            results[name].append(result)
+            extra = f", manager {result.other_cpu:.3f} s CPU" if name == "gapless serve" else ""
+            print(
+                f"round {index + 1}: {name}: {result.rps:.0f} req/s, "
+                f"{result.cpu_per_request * 1e6:.1f} us CPU/request{extra}",
+                flush=True,
+            )
+    return results
+
+
+def report(results: dict[str, list[Round]]) -> None:
+    rps = {name: statistics.median(r.rps for r in rounds) for name, rounds in results.items()}
+    cpu = {
+        name: statistics.median(r.cpu_per_request for r in rounds)
+        for name, rounds in results.items()
+    }
+    for name in results:
+        print(f"median {name}: {rps[name]:.0f} req/s, {cpu[name] * 1e6:.1f} us CPU/request")
+    print(f"req/s, gapless serve / uvicorn = {rps['gapless serve'] / rps['uvicorn']:.3f}")
+    print(f"CPU per request, uvicorn / gapless serve = {cpu['uvicorn'] / cpu['gapless serve']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--app", default="gapless.bench.apps:asgi")
+    parser.add_argument("--http", default="httptools", choices=("httptools", "h11"))
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    report(run_rounds(args))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
