@@ -59,7 +59,7 @@ from .common import (
 )
 from .drain import handshaking, log_report, stop_accepting
 from .limits import HeadSizeLimit
-from .uvicorn_http import DrainingHttp, DrainState, http_protocol
+from .uvicorn_http import DrainingHttp, DrainState, FastHttp, http_protocol
 
 __all__ = ["DrainingServer", "serve_asgi"]
 
@@ -99,14 +99,14 @@ def serve_asgi(
         SystemExit: uvicorn's own exit with code 3 when the lifespan startup failed.
     """
     flag = DrainFlag()
+    guarded = CloseWhenDraining(HeadSizeLimit(app, options.max_header_size), flag)
+    protocol = http_protocol(
+        options.http, read_timeout=options.read_timeout, max_header_size=options.max_header_size
+    )
     config = uvicorn.Config(
-        CloseWhenDraining(HeadSizeLimit(app, options.max_header_size), flag),
+        FastHttp(app, guarded) if protocol.marks_scopes else guarded,
         interface="asgi3",
-        http=http_protocol(
-            options.http,
-            read_timeout=options.read_timeout,
-            max_header_size=options.max_header_size,
-        ),
+        http=protocol,
         loop="asyncio",  # the drain relies on the selector loop's accept path
         timeout_keep_alive=options.keep_alive,  # type: ignore[arg-type]  # a float works
         limit_concurrency=options.limit_concurrency,

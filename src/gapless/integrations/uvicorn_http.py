@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from uvicorn.server import ServerState
 
 from ..errors import ServeError
-from .common import DrainFlag, unread_bytes
+from .common import ASGIApp, DrainFlag, Receive, Scope, Send, unread_bytes
 from .limits import HeadDeadline, error_response
 
-__all__ = ["DrainState", "DrainingHttp", "http_protocol"]
+__all__ = ["GUARDED", "DrainState", "DrainingHttp", "FastHttp", "http_protocol"]
 
 _T = TypeVar("_T")
 _HTTP_PARSERS = ("auto", "h11", "httptools")
@@ -42,7 +42,7 @@ _HTTP_PARSERS = ("auto", "h11", "httptools")
 
 def http_protocol(
     name: str, *, read_timeout: float | None = None, max_header_size: int = 16384
-) -> type[asyncio.Protocol]:
+) -> type[DrainingHttp]:
     """uvicorn's HTTP protocol class of that name, with the drain's keep-alive
     expiry and the head limits.
 
@@ -94,7 +94,11 @@ class DrainingHttp(asyncio.Protocol):
     server_state: ServerState
     read_timeout: float | None = None
     max_header_size = 16384
+    #: True when the protocol sends a request straight to the application
+    #: (through :class:`FastHttp`) unless it marked the scope with :data:`GUARDED`.
+    marks_scopes = False
     _seen_data = False
+    _draining = False
     _deadline: HeadDeadline
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +112,10 @@ class DrainingHttp(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._seen_data = True
         super().data_received(data)
+        if self.read_timeout is not None:
+            self._watch_head()
+
+    def _watch_head(self) -> None:
         if self.transport.is_closing() or not self._head_pending():
             self._deadline.stop()
         else:
@@ -145,6 +153,7 @@ class DrainingHttp(asyncio.Protocol):
         Busy connections need nothing: their next response closes them, and one
         idle after a response already has its expiry armed.
         """
+        self._draining = True
         fresh = self.cycle is None and not self._seen_data
         if fresh and self.timeout_keep_alive_task is None and not self.transport.is_closing():
             self._arm_expiry()
@@ -167,7 +176,8 @@ class DrainingHttp(asyncio.Protocol):
 
 class H11Heads(DrainingHttp):
     """Where a head stands with h11: its bytes wait in h11's buffer, which h11
-    itself caps at ``h11_max_incomplete_event_size`` (400 beyond)."""
+    itself caps at ``h11_max_incomplete_event_size`` (400 beyond). Every request
+    goes through the ASGI middleware (``marks_scopes`` is False)."""
 
     conn: Any
 
@@ -178,46 +188,87 @@ class H11Heads(DrainingHttp):
 
 
 class HttpToolsHeads(DrainingHttp):
-    """Where a head stands with httptools, from its callbacks, and its size:
-    httptools keeps a header being received in memory without any limit."""
+    """Where a head stands with httptools, and its size: httptools keeps a header
+    being received in memory without any limit.
 
-    _in_head = False  # between on_message_begin and on_headers_complete
-    _begun = 0  # messages begun on this connection
-    _counted = 0  # bytes of the current head's URL and complete headers
-    _head_bytes = 0  # bytes received since the current head began, when known
+    Per request this costs two method calls and no ASGI middleware, the price
+    of plain uvicorn's protocol (issue 12): uvicorn's own state says where a
+    head stands (its ``scope`` is made at a message's beginning and given its
+    ``method`` when the head is complete), and the bytes of a read bound the
+    head's size. Only a request that may be too large (its head came in reads
+    larger than the limit) or that arrives during a drain is marked
+    :data:`GUARDED` for the middleware's exact checks; a request already
+    received when the drain starts gets ``Connection: close`` from uvicorn's
+    own ``keep_alive`` flag (see :meth:`start_drain`).
+    """
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()  # type: ignore[misc]
-        self._in_head = True
-        self._begun += 1
-        self._counted = 0
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)  # type: ignore[misc]
-        self._counted += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)  # type: ignore[misc]
-        self._counted += len(name) + len(value) + 4
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        super().on_headers_complete()  # type: ignore[misc]
+    marks_scopes = True
+    scope: Any
+    headers: Any
+    url: bytes
+    pipeline: Any
+    _read_scope: object = None  # uvicorn's scope when the current read began
+    _read_size = 0  # bytes of the current read
+    _head_bytes = 0  # bytes of the incomplete head in the reads before this one
 
     def _head_pending(self) -> bool:
-        return self._in_head
+        return self.scope is not None and "method" not in self.scope
 
     def data_received(self, data: bytes) -> None:
-        begun, pending = self._begun, self._in_head
-        super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        self._seen_data = True
+        scope = self._read_scope = self.scope
+        pending = scope is not None and "method" not in scope
+        self._read_size = len(data)
+        super(DrainingHttp, self).data_received(data)  # uvicorn's, DrainingHttp's inlined
+        if self.read_timeout is not None:
+            self._watch_head()
+        if not self._head_pending() or self.transport.is_closing():
             return
-        if pending and begun == self._begun:
+        if pending and scope is self.scope:
             self._head_bytes += len(data)  # the whole read belongs to this head
-        else:
-            self._head_bytes = self._counted  # it began in this read: what is known of it
-        if max(self._head_bytes, self._counted) > self.max_header_size:
+        else:  # it began in this read: what is known of it
+            self._head_bytes = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if self._head_bytes > self.max_header_size:
             self.refuse_head(431)
+
+    def on_headers_complete(self) -> None:
+        earlier = self._head_bytes if self.scope is self._read_scope else 0
+        if self._draining or earlier + self._read_size > self.max_header_size:
+            self.scope[GUARDED] = True  # the middleware decides exactly
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def start_drain(self) -> None:
+        """Also tell the requests already received, whose scopes went unmarked,
+        to answer with ``Connection: close``: uvicorn adds it to a response
+        started with its cycle's ``keep_alive`` false, and closes after."""
+        super().start_drain()
+        waiting = [self.cycle, *(cycle for cycle, _ in self.pipeline)]
+        for cycle in waiting:
+            if cycle is not None and not cycle.response_started:
+                cycle.keep_alive = False
+
+
+#: The scope key a :class:`HttpToolsHeads` protocol sets on a request the ASGI
+#: middleware must see; :class:`FastHttp` removes it.
+GUARDED = "gapless.guarded"
+
+
+class FastHttp:
+    """The application uvicorn calls: an HTTP request straight to ``app``, unless
+    its protocol marked it :data:`GUARDED`; the rest (WebSocket, lifespan,
+    marked requests) through ``guarded``, the application wrapped in gapless's
+    middleware. A plain call returning the application's awaitable: no
+    coroutine of its own per request.
+    """
+
+    def __init__(self, app: ASGIApp, guarded: ASGIApp) -> None:
+        self.app = app
+        self.guarded = guarded
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] != "http" or scope.pop(GUARDED, False):
+            return self.guarded(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 class WatchedSet(set[_T]):
