@@ -66,3 +66,19 @@ def test_pipelined_small_heads_in_a_read_above_the_limit_are_all_served(parser: 
                 assert chunk, received[-300:]  # closed early: a 431 or 400 came instead
                 received += chunk
     assert b"HTTP/1.1 4" not in received
+
+
+def test_the_drain_ends_with_a_request_whose_client_left() -> None:
+    # Requests' tasks are a plain set (no callback per request): the drain must
+    # still wake when a task ends after its connection did.
+    with Handover(runner_argv("serve_app:app")) as handover:
+        first = handover.start()
+        slow = socket.create_connection(("127.0.0.1", handover.port), timeout=10)
+        slow.sendall(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: test\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", handover.port), timeout=10) as later:
+            later.sendall(b"GET /stream?ms=0 HTTP/1.1\r\nHost: test\r\n\r\n")
+            read_until([later], response_complete, {})  # so the slow one was read
+        slow.close()  # its task goes on; no connection is left to close
+        handover.start()
+        handover.wait_note(first, "STOPPING")
+        assert handover.wait_retired(timeout=10) == [0]  # not at the 30 s deadline

@@ -45,7 +45,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 
 import uvicorn
 
@@ -54,14 +54,17 @@ from .common import (
     CloseWhenDraining,
     DrainFlag,
     DrainReport,
+    Receive,
+    Scope,
+    Send,
     ServeOptions,
     listen_backlog,
 )
 from .drain import handshaking, log_report, stop_accepting
 from .limits import HeadSizeLimit
-from .uvicorn_http import DrainingHttp, DrainState, FastHttp, http_protocol
+from .uvicorn_http import GUARDED, DrainingHttp, DrainState, http_protocol
 
-__all__ = ["DrainingServer", "serve_asgi"]
+__all__ = ["DrainingServer", "FastHttp", "serve_asgi"]
 
 logger = logging.getLogger("gapless.serve")
 
@@ -120,6 +123,24 @@ def serve_asgi(
     server = DrainingServer(config, flag, options, on_ready=on_ready, on_drain=on_drain)
     server.run(sockets=list(sockets))
     return server.report or DrainReport(0.0)
+
+
+class FastHttp:
+    """The application uvicorn calls: an HTTP request straight to ``app``, unless
+    its protocol marked it :data:`GUARDED`; the rest (WebSocket, lifespan,
+    marked requests) through ``guarded``, the application wrapped in gapless's
+    middleware. A plain call returning the application's awaitable: no
+    coroutine of its own per request.
+    """
+
+    def __init__(self, app: ASGIApp, guarded: ASGIApp) -> None:
+        self.app = app
+        self.guarded = guarded
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] != "http" or scope.pop(GUARDED, False):
+            return self.guarded(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 class DrainingServer(uvicorn.Server):
@@ -222,14 +243,15 @@ class DrainingServer(uvicorn.Server):
 
     async def _wait_until(self, done: Callable[[], bool], deadline: float) -> None:
         """Wait for ``done()``, re-checked at each change of connections or tasks."""
-        changed = self.server_state.changed
+        state = self.server_state
         while not done() and not self.force_exit:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            changed.clear()
+            state.changed.clear()
+            state.watch_tasks()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                await asyncio.wait_for(state.changed.wait(), remaining)
 
     def _drained(self) -> bool:
         state = self.server_state

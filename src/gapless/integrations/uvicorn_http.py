@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from uvicorn.server import ServerState
 
 from ..errors import ServeError
-from .common import ASGIApp, DrainFlag, Receive, Scope, Send, unread_bytes
+from .common import DrainFlag, unread_bytes
 from .limits import HeadDeadline, error_response
 
-__all__ = ["GUARDED", "DrainState", "DrainingHttp", "FastHttp", "http_protocol"]
+__all__ = ["GUARDED", "DrainState", "DrainingHttp", "http_protocol"]
 
 _T = TypeVar("_T")
 _HTTP_PARSERS = ("auto", "h11", "httptools")
@@ -222,8 +222,8 @@ class HttpToolsHeads(DrainingHttp):
         super(DrainingHttp, self).data_received(data)  # uvicorn's, DrainingHttp's inlined
         if self.read_timeout is not None:
             self._watch_head()
-        if not self._head_pending() or self.transport.is_closing():
-            return
+        if self.scope is None or "method" in self.scope or self.transport.is_closing():
+            return  # no head pending: the usual case, a whole request in one read
         if pending and scope is self.scope:
             self._head_bytes += len(data)  # the whole read belongs to this head
         else:  # it began in this read: what is known of it
@@ -249,26 +249,8 @@ class HttpToolsHeads(DrainingHttp):
 
 
 #: The scope key a :class:`HttpToolsHeads` protocol sets on a request the ASGI
-#: middleware must see; :class:`FastHttp` removes it.
+#: middleware must see; :class:`~.uvicorn.FastHttp` removes it.
 GUARDED = "gapless.guarded"
-
-
-class FastHttp:
-    """The application uvicorn calls: an HTTP request straight to ``app``, unless
-    its protocol marked it :data:`GUARDED`; the rest (WebSocket, lifespan,
-    marked requests) through ``guarded``, the application wrapped in gapless's
-    middleware. A plain call returning the application's awaitable: no
-    coroutine of its own per request.
-    """
-
-    def __init__(self, app: ASGIApp, guarded: ASGIApp) -> None:
-        self.app = app
-        self.guarded = guarded
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if scope["type"] != "http" or scope.pop(GUARDED, False):
-            return self.guarded(scope, receive, send)
-        return self.app(scope, receive, send)
 
 
 class WatchedSet(set[_T]):
@@ -295,4 +277,20 @@ class DrainState(ServerState):
         self.flag = flag
         self.changed = asyncio.Event()
         self.connections = WatchedSet(self.changed.set)
-        self.tasks = WatchedSet(self.changed.set)
+        # A plain set: a request's task pays nothing for the drain; the drain
+        # watches the tasks in flight itself (watch_tasks).
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._watched: set[asyncio.Task[None]] = set()
+
+    def watch_tasks(self) -> None:
+        """Have every task in flight set ``changed`` when it ends; called before
+        each wait of a drain, when the tasks are few. (A connection closed after
+        its response is removed before its task ends: the drain then wakes,
+        finds the task, and waits for it here.)"""
+        for task in self.tasks - self._watched:
+            self._watched.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._watched.discard(task)
+        self.changed.set()
