@@ -1,7 +1,7 @@
 """The steady-state overhead of ``gapless serve`` against plain uvicorn, in one run.
 
     .venv/bin/python bench/overhead.py [--rounds 5] [--seconds 8] [--connections 32]
-        [--app gapless.bench.apps:asgi] [--http httptools]
+        [--app gapless.bench.apps:asgi] [--http httptools] [--baseline SRC]
 
 Alternating rounds (the order swaps each round so that neither server always
 runs on a machine warmed by the other) of:
@@ -11,11 +11,17 @@ runs on a machine warmed by the other) of:
 * ``gapless serve APP --bind 127.0.0.1:P --no-access-log --log-level warning
   --http H`` (manager and generation), whose uvicorn loop is asyncio's too.
 
+With ``--baseline SRC`` (say, ``git archive`` of an older commit's ``src``
+unpacked), a third server in each round: ``gapless serve`` imported from SRC,
+for a before/after comparison in the same run.
+
 The server's process tree is pinned to CPU 0 and ``wrk -t1`` (keep-alive) to
 CPU 1. Each round warms up for one second before it measures. Prints each
 round, the medians, the ratio gapless / uvicorn of requests per second and of
-the server's CPU time per request (for gapless: the generation's, the manager's
-printed apart), and the load average before and after. wrk reporting any
+the server's CPU time per request (for gapless: the generation's, the
+manager's printed apart), both of the medians and as the median of each
+round's ratio (the steadier one when the machine's speed drifts), and the load
+average before and after. wrk reporting any
 socket error or non-2xx status fails the run.
 """
 
@@ -29,8 +35,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,14 +121,16 @@ def uvicorn(args: argparse.Namespace) -> Iterator[Server]:
 
 
 @contextmanager
-def gapless(args: argparse.Namespace) -> Iterator[Server]:
-    """``gapless serve`` (manager and generation) on a port of its own."""
+def gapless(args: argparse.Namespace, src: str | None = None) -> Iterator[Server]:
+    """``gapless serve`` (manager and generation) on a port of its own, imported
+    from ``src`` when given."""
+    env = {**os.environ, "PYTHONPATH": src} if src else None
     with tempfile.TemporaryDirectory() as tmp:
         control = str(Path(tmp) / "control.sock")
         argv = gapless_argv("serve", args.app, "--no-access-log", "--log-level", "warning")
         argv += ["--http", args.http, "--control", control, "--bind", f"127.0.0.1:{free_port()}"]
         process = subprocess.Popen(
-            pinned(SERVER_CPU, argv), cwd=APPS, stderr=subprocess.PIPE, text=True
+            pinned(SERVER_CPU, argv), cwd=APPS, stderr=subprocess.PIPE, text=True, env=env
         )
         manager = Manager(process, control)
         manager.start_reader()
@@ -136,15 +144,21 @@ def gapless(args: argparse.Namespace) -> Iterator[Server]:
 
 
 def run_rounds(args: argparse.Namespace) -> dict[str, list[Round]]:
-    servers = {"uvicorn": uvicorn, "gapless serve": gapless}
+    servers: dict[str, Callable[[], AbstractContextManager[Server]]] = {
+        "uvicorn": lambda: uvicorn(args),
+        "gapless serve": lambda: gapless(args),
+    }
+    if args.baseline:
+        servers["gapless serve (baseline)"] = lambda: gapless(args, args.baseline)
     results: dict[str, list[Round]] = {name: [] for name in servers}
     for index in range(args.rounds):
-        order = list(servers) if index % 2 == 0 else list(reversed(servers))
-        for name in order:
-            with servers[name](args) as server:
+        names = list(servers)
+        shift = index % len(names)  # each round starts one server further on
+        for name in names[shift:] + names[:shift]:
+            with servers[name]() as server:
                 result = measure(server, args)
             results[name].append(result)
-            extra = f", manager {result.other_cpu:.3f} s CPU" if name == "gapless serve" else ""
+            extra = f", manager {result.other_cpu:.3f} s CPU" if name != "uvicorn" else ""
             print(
                 f"round {index + 1}: {name}: {result.rps:.0f} req/s, "
                 f"{result.cpu_per_request * 1e6:.1f} us CPU/request{extra}",
@@ -154,15 +168,26 @@ def run_rounds(args: argparse.Namespace) -> dict[str, list[Round]]:
 
 
 def report(results: dict[str, list[Round]]) -> None:
-    rps = {name: statistics.median(r.rps for r in rounds) for name, rounds in results.items()}
-    cpu = {
-        name: statistics.median(r.cpu_per_request for r in rounds)
-        for name, rounds in results.items()
-    }
-    for name in results:
-        print(f"median {name}: {rps[name]:.0f} req/s, {cpu[name] * 1e6:.1f} us CPU/request")
-    print(f"req/s, gapless serve / uvicorn = {rps['gapless serve'] / rps['uvicorn']:.3f}")
-    print(f"CPU per request, uvicorn / gapless serve = {cpu['uvicorn'] / cpu['gapless serve']:.3f}")
+    base = results["uvicorn"]
+    for name, rounds in results.items():
+        rps = statistics.median(r.rps for r in rounds)
+        cpu = statistics.median(r.cpu_per_request for r in rounds)
+        print(f"median {name}: {rps:.0f} req/s, {cpu * 1e6:.1f} us CPU/request")
+    for name, rounds in results.items():
+        if name == "uvicorn":
+            continue
+        rps = statistics.median(r.rps for r in rounds) / statistics.median(r.rps for r in base)
+        cpu = statistics.median(r.cpu_per_request for r in base) / statistics.median(
+            r.cpu_per_request for r in rounds
+        )
+        paired_rps = statistics.median(r.rps / b.rps for r, b in zip(rounds, base, strict=True))
+        paired_cpu = statistics.median(
+            b.cpu_per_request / r.cpu_per_request for r, b in zip(rounds, base, strict=True)
+        )
+        print(
+            f"{name} / uvicorn: req/s {rps:.3f} (median of rounds' ratios {paired_rps:.3f}); "
+            f"CPU efficiency {cpu:.3f} (median of rounds' ratios {paired_cpu:.3f})"
+        )
 
 
 def main() -> None:
@@ -172,6 +197,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--app", default="gapless.bench.apps:asgi")
     parser.add_argument("--http", default="httptools", choices=("httptools", "h11"))
+    parser.add_argument("--baseline", metavar="SRC", help="also gapless serve from this src")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     report(run_rounds(args))
