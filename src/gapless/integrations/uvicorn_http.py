@@ -38,6 +38,7 @@ __all__ = ["GUARDED", "DrainState", "DrainingHttp", "http_protocol"]
 
 _T = TypeVar("_T")
 _HTTP_PARSERS = ("auto", "h11", "httptools")
+_CLOSE = (b"connection", b"close")
 
 
 def http_protocol(
@@ -198,8 +199,8 @@ class HttpToolsHeads(DrainingHttp):
     head's size. Only a request that may be too large (its head came in reads
     larger than the limit) or that arrives during a drain is marked
     :data:`GUARDED` for the middleware's exact checks; a request already
-    received when the drain starts gets ``Connection: close`` from uvicorn's
-    own ``keep_alive`` flag (see :meth:`start_drain`).
+    received when the drain starts gets ``Connection: close`` added to its
+    cycle's default headers (see :meth:`start_drain`).
     """
 
     marks_scopes = True
@@ -238,14 +239,13 @@ class HttpToolsHeads(DrainingHttp):
         super().on_headers_complete()  # type: ignore[misc]
 
     def start_drain(self) -> None:
-        """Also tell the requests already received, whose scopes went unmarked,
-        to answer with ``Connection: close``: uvicorn adds it to a response
-        started with its cycle's ``keep_alive`` false, and closes after."""
+        """Also have the requests already received, whose scopes went unmarked,
+        answer with ``Connection: close``: through their cycle's own default
+        headers, which uvicorn (0.30 and later) honours by closing after."""
         super().start_drain()
-        waiting = [self.cycle, *(cycle for cycle, _ in self.pipeline)]
-        for cycle in waiting:
+        for cycle in [self.cycle, *(cycle for cycle, _ in self.pipeline)]:
             if cycle is not None and not cycle.response_started:
-                cycle.keep_alive = False
+                cycle.default_headers = [*cycle.default_headers, _CLOSE]
 
 
 #: The scope key a :class:`HttpToolsHeads` protocol sets on a request the ASGI
