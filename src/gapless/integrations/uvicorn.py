@@ -11,8 +11,9 @@ the contract):
 * :meth:`DrainingServer.shutdown` closes the listeners without dropping the
   connections asyncio accepted but has not yet given a protocol (a plain
   ``Server.close()`` resets those, see :func:`_stop_accepting`), lets every
-  connection run to its next response (which :class:`~.common.CloseWhenDraining`
-  marks ``Connection: close``), waits on events (no polling) until the
+  connection run to its next response (marked ``Connection: close`` by
+  :class:`~.common.CloseWhenDraining`, or, for a request httptools received
+  before the drain, by ``HttpToolsHeads.start_drain``), waits on events (no polling) until the
   connections and requests are done, and cuts what remains at the deadline,
   logging the count;
 * idle connections expire as in steady state, and the HTTP protocols' expiry
@@ -30,7 +31,14 @@ uvicorn internals relied on, hence the pin ``uvicorn>=0.30,<0.55`` in the
 ``connections`` and ``tasks`` (mutated only through ``add``/``discard``); the
 HTTP protocols' ``transport``, ``loop``, ``cycle``, ``timeout_keep_alive``,
 ``timeout_keep_alive_task`` and ``timeout_keep_alive_handler()``; the
-WebSocket protocols' ``shutdown()``, which sends close code 1012.
+httptools protocol's ``scope`` (made at a message's beginning, given its
+``method`` when the head is complete), ``url``, ``headers``, ``pipeline`` and
+``on_headers_complete()``, its cycles' ``response_started`` and
+``default_headers``; the WebSocket protocols' ``shutdown()``, which sends
+close code 1012.
+
+Per request outside a drain, with httptools, gapless adds two protocol calls
+and :class:`FastHttp`'s one plain call to what uvicorn does (issue 12).
 
 Example::
 
