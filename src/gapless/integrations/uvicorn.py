@@ -38,7 +38,7 @@ httptools protocol's ``scope`` (made at a message's beginning, given its
 close code 1012.
 
 Per request outside a drain, with httptools, gapless adds two protocol calls
-and :class:`FastHttp`'s one plain call to what uvicorn does (issue 12).
+to what uvicorn does and no ASGI middleware (issue 12).
 
 Example::
 
@@ -49,30 +49,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import uvicorn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .common import (
     ASGIApp,
     CloseWhenDraining,
     DrainFlag,
     DrainReport,
-    Receive,
-    Scope,
-    Send,
     ServeOptions,
     listen_backlog,
 )
 from .drain import handshaking, log_report, stop_accepting
 from .limits import HeadSizeLimit
-from .uvicorn_http import GUARDED, DrainingHttp, DrainState, http_protocol
+from .uvicorn_http import DrainingHttp, DrainState, http_protocol
 
-__all__ = ["DrainingServer", "FastHttp", "serve_asgi"]
+__all__ = ["DrainingServer", "serve_asgi"]
 
 logger = logging.getLogger("gapless.serve")
 
@@ -115,7 +114,7 @@ def serve_asgi(
         options.http, read_timeout=options.read_timeout, max_header_size=options.max_header_size
     )
     config = uvicorn.Config(
-        FastHttp(app, guarded) if protocol.marks_scopes else guarded,
+        guarded,
         interface="asgi3",
         http=protocol,
         loop="asyncio",  # the drain relies on the selector loop's accept path
@@ -128,27 +127,26 @@ def serve_asgi(
         ssl_certfile=options.certfile,
         ssl_keyfile=options.keyfile,
     )
+    config.load()
+    if protocol.picks_app:
+        protocol.fast_app = _bare(config.loaded_app, guarded, app)
     server = DrainingServer(config, flag, options, on_ready=on_ready, on_drain=on_drain)
     server.run(sockets=list(sockets))
     return server.report or DrainReport(0.0)
 
 
-class FastHttp:
-    """The application uvicorn calls: an HTTP request straight to ``app``, unless
-    its protocol marked it :data:`GUARDED`; the rest (WebSocket, lifespan,
-    marked requests) through ``guarded``, the application wrapped in gapless's
-    middleware. A plain call returning the application's awaitable: no
-    coroutine of its own per request.
-    """
-
-    def __init__(self, app: ASGIApp, guarded: ASGIApp) -> None:
-        self.app = app
-        self.guarded = guarded
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if scope["type"] != "http" or scope.pop(GUARDED, False):
-            return self.guarded(scope, receive, send)
-        return self.app(scope, receive, send)
+def _bare(loaded: object, guarded: ASGIApp, app: ASGIApp) -> object | None:
+    """uvicorn's wrapping of ``guarded`` (``loaded``) around ``app`` instead:
+    what an unguarded request goes to. None when uvicorn wrapped it otherwise
+    than in its proxy-headers middleware (e.g. its message logger at trace
+    level): every request then goes through ``loaded``."""
+    if loaded is guarded:
+        return app
+    if isinstance(loaded, ProxyHeadersMiddleware) and loaded.app is guarded:
+        bare = copy.copy(loaded)
+        bare.app = app  # type: ignore[assignment]  # uvicorn's own ASGI types
+        return bare
+    return None
 
 
 class DrainingServer(uvicorn.Server):

@@ -34,7 +34,7 @@ from ..errors import ServeError
 from .common import DrainFlag, unread_bytes
 from .limits import HeadDeadline, error_response
 
-__all__ = ["GUARDED", "DrainState", "DrainingHttp", "http_protocol"]
+__all__ = ["DrainState", "DrainingHttp", "http_protocol"]
 
 _T = TypeVar("_T")
 _HTTP_PARSERS = ("auto", "h11", "httptools")
@@ -95,9 +95,12 @@ class DrainingHttp(asyncio.Protocol):
     server_state: ServerState
     read_timeout: float | None = None
     max_header_size = 16384
-    #: True when the protocol sends a request straight to the application
-    #: (through :class:`FastHttp`) unless it marked the scope with :data:`GUARDED`.
-    marks_scopes = False
+    #: The application an unguarded request goes to (uvicorn's wrapping of
+    #: the bare application, without gapless's middleware), when the protocol
+    #: picks one per request (:class:`HttpToolsHeads`); None: always uvicorn's
+    #: ``config.loaded_app``. Set by :func:`~.uvicorn.serve_asgi`.
+    fast_app: Any = None
+    picks_app = False
     _seen_data = False
     _draining = False
     _deadline: HeadDeadline
@@ -178,7 +181,7 @@ class DrainingHttp(asyncio.Protocol):
 class H11Heads(DrainingHttp):
     """Where a head stands with h11: its bytes wait in h11's buffer, which h11
     itself caps at ``h11_max_incomplete_event_size`` (400 beyond). Every request
-    goes through the ASGI middleware (``marks_scopes`` is False)."""
+    goes through the ASGI middleware (``picks_app`` is False)."""
 
     conn: Any
 
@@ -197,13 +200,16 @@ class HttpToolsHeads(DrainingHttp):
     head stands (its ``scope`` is made at a message's beginning and given its
     ``method`` when the head is complete), and the bytes of a read bound the
     head's size. Only a request that may be too large (its head came in reads
-    larger than the limit) or that arrives during a drain is marked
-    :data:`GUARDED` for the middleware's exact checks; a request already
+    larger than the limit) or that arrives during a drain goes to uvicorn's
+    ``config.loaded_app``, with the middleware's exact checks; the rest go to
+    :attr:`fast_app`. A request already
     received when the drain starts gets ``Connection: close`` added to its
     cycle's default headers (see :meth:`start_drain`).
     """
 
-    marks_scopes = True
+    picks_app = True
+    config: Any
+    app: Any
     scope: Any
     headers: Any
     url: bytes
@@ -235,7 +241,9 @@ class HttpToolsHeads(DrainingHttp):
     def on_headers_complete(self) -> None:
         earlier = self._head_bytes if self.scope is self._read_scope else 0
         if self._draining or earlier + self._read_size > self.max_header_size:
-            self.scope[GUARDED] = True  # the middleware decides exactly
+            self.app = self.config.loaded_app  # the middleware decides exactly
+        else:
+            self.app = self.fast_app or self.config.loaded_app
         super().on_headers_complete()  # type: ignore[misc]
 
     def start_drain(self) -> None:
@@ -246,11 +254,6 @@ class HttpToolsHeads(DrainingHttp):
         for cycle in [self.cycle, *(cycle for cycle, _ in self.pipeline)]:
             if cycle is not None and not cycle.response_started:
                 cycle.default_headers = [*cycle.default_headers, _CLOSE]
-
-
-#: The scope key a :class:`HttpToolsHeads` protocol sets on a request the ASGI
-#: middleware must see; :class:`~.uvicorn.FastHttp` removes it.
-GUARDED = "gapless.guarded"
 
 
 class WatchedSet(set[_T]):
