@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/overhead.py [--rounds 5] [--seconds 8] [--connections 32]
         [--app gapless.bench.apps:asgi] [--http httptools] [--baseline SRC]
+    .venv/bin/python bench/overhead.py --micro [--requests 20000] [--rounds 9]
 
 Alternating rounds (the order swaps each round so that neither server always
 runs on a machine warmed by the other) of:
@@ -21,13 +22,17 @@ round, the medians, the ratio gapless / uvicorn of requests per second and of
 the server's CPU time per request (for gapless: the generation's, the
 manager's printed apart), both of the medians and as the median of each
 round's ratio (the steadier one when the machine's speed drifts), and the load
-average before and after. Any wrk error (socket errors, non-2xx) is printed
+average before and after. ``--micro``: the same comparison in one process
+without sockets (uvicorn's httptools protocol on a stand-in transport, the
+minimal app, alternating rounds): the CPU gapless adds per request, free of
+the kernel's share and steadier on a busy machine. Any wrk error (socket errors, non-2xx) is printed
 with its round.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import signal
@@ -35,10 +40,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -192,6 +199,91 @@ def report(results: dict[str, list[Round]]) -> None:
         )
 
 
+class _Transport(asyncio.Transport):
+    """What uvicorn's protocol asks of a transport; writes go nowhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass  # the keep-alive expiry of a round that ended
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        addresses = {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5000)}
+        return addresses.get(name, default)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+
+def _protocol(kind: str) -> Any:
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from gapless.bench.apps import asgi
+    from gapless.integrations.common import CloseWhenDraining, DrainFlag
+    from gapless.integrations.limits import HeadSizeLimit
+    from gapless.integrations.uvicorn import _bare
+    from gapless.integrations.uvicorn_http import DrainState, http_protocol
+
+    settings = {"interface": "asgi3", "loop": "asyncio", "access_log": False}
+    if kind == "uvicorn":
+        config = uvicorn.Config(asgi, http=HttpToolsProtocol, **settings)
+        config.load()
+        return HttpToolsProtocol(config, ServerState(), {})
+    flag = DrainFlag()  # as serve_asgi() builds it
+    guarded = CloseWhenDraining(HeadSizeLimit(asgi, 16384), flag)
+    protocol = http_protocol("httptools")
+    config = uvicorn.Config(guarded, http=protocol, **settings)
+    config.load()
+    protocol.fast_app = _bare(config.loaded_app, guarded, asgi)
+    return protocol(config, DrainState(flag), {})
+
+
+async def _micro_round(kind: str, requests: int) -> float:
+    """CPU seconds per request of one protocol answering ``requests`` in turn."""
+    protocol = _protocol(kind)
+    transport = protocol.transport = _Transport()
+    transport.protocol = protocol
+    protocol.connection_made(transport)
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+    started = 0.0
+    for index in range(requests + 200):  # the first 200 warm up
+        if index == 200:
+            started = time.process_time()
+        protocol.data_received(request)
+        for _ in range(2):  # the app's task runs, then its response completes
+            await asyncio.sleep(0)
+    used = time.process_time() - started
+    protocol.connection_lost(None)
+    return used / requests
+
+
+def micro(args: argparse.Namespace) -> None:
+    results: dict[str, list[float]] = {"uvicorn": [], "gapless serve": []}
+    for index in range(args.rounds):
+        for kind in list(results)[:: 1 if index % 2 == 0 else -1]:  # swapped each round
+            results[kind].append(asyncio.run(_micro_round(kind, args.requests)))
+    plain, ours = (statistics.median(results[kind]) for kind in results)
+    paired = statistics.median(
+        a / b for a, b in zip(results["uvicorn"], results["gapless serve"], strict=True)
+    )
+    print(f"uvicorn {plain * 1e6:.2f} us/request, gapless serve {ours * 1e6:.2f} us/request")
+    print(
+        f"gapless adds {(ours - plain) * 1e6:.2f} us/request; uvicorn / gapless {plain / ours:.3f}"
+    )
+    print(f"(median of the rounds' ratios {paired:.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
@@ -200,7 +292,12 @@ def main() -> None:
     parser.add_argument("--app", default="gapless.bench.apps:asgi")
     parser.add_argument("--http", default="httptools", choices=("httptools", "h11"))
     parser.add_argument("--baseline", metavar="SRC", help="also gapless serve from this src")
+    parser.add_argument("--micro", action="store_true", help="in one process, no sockets")
+    parser.add_argument("--requests", type=int, default=20000, help="per --micro round")
     args = parser.parse_args()
+    if args.micro:
+        micro(args)
+        return
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     report(run_rounds(args))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
