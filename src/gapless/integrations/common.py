@@ -33,6 +33,7 @@ __all__ = [
     "DrainReport",
     "ServeOptions",
     "listen_backlog",
+    "no_delay",
     "unread_bytes",
 ]
 
@@ -235,6 +236,18 @@ def unread_bytes(fd: int) -> int:
     except OSError:
         return 0
     return count[0]
+
+
+def no_delay(sock: socket.socket) -> None:
+    """TCP_NODELAY on a TCP listener: every connection it accepts inherits it (Linux).
+
+    asyncio sets it on an accepted connection only when the socket's ``proto``
+    is ``IPPROTO_TCP``, which a ``socket(AF_INET, SOCK_STREAM)`` is not (proto
+    0). Without it a response written as head then body waits for the client's
+    delayed ACK, 40 ms, on every keep-alive request.
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def listen_backlog(sock: socket.socket) -> int:

@@ -11,8 +11,9 @@ the contract):
 * :meth:`DrainingServer.shutdown` closes the listeners without dropping the
   connections asyncio accepted but has not yet given a protocol (a plain
   ``Server.close()`` resets those, see :func:`_stop_accepting`), lets every
-  connection run to its next response (which :class:`~.common.CloseWhenDraining`
-  marks ``Connection: close``), waits on events (no polling) until the
+  connection run to its next response (marked ``Connection: close`` by
+  :class:`~.common.CloseWhenDraining`, or, for a request httptools received
+  before the drain, by ``HttpToolsHeads.start_drain``), waits on events (no polling) until the
   connections and requests are done, and cuts what remains at the deadline,
   logging the count;
 * idle connections expire as in steady state, and the HTTP protocols' expiry
@@ -30,7 +31,14 @@ uvicorn internals relied on, hence the pin ``uvicorn>=0.30,<0.55`` in the
 ``connections`` and ``tasks`` (mutated only through ``add``/``discard``); the
 HTTP protocols' ``transport``, ``loop``, ``cycle``, ``timeout_keep_alive``,
 ``timeout_keep_alive_task`` and ``timeout_keep_alive_handler()``; the
-WebSocket protocols' ``shutdown()``, which sends close code 1012.
+httptools protocol's ``scope`` (made at a message's beginning, given its
+``method`` when the head is complete), ``url``, ``headers``, ``pipeline`` and
+``on_headers_complete()``, its cycles' ``response_started`` and
+``default_headers``; the WebSocket protocols' ``shutdown()``, which sends
+close code 1012.
+
+Per request outside a drain, with httptools, gapless adds two protocol calls
+to what uvicorn does and no ASGI middleware (issue 12).
 
 Example::
 
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 import socket
@@ -48,6 +57,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 
 import uvicorn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .common import (
     ASGIApp,
@@ -99,14 +109,14 @@ def serve_asgi(
         SystemExit: uvicorn's own exit with code 3 when the lifespan startup failed.
     """
     flag = DrainFlag()
+    guarded = CloseWhenDraining(HeadSizeLimit(app, options.max_header_size), flag)
+    protocol = http_protocol(
+        options.http, read_timeout=options.read_timeout, max_header_size=options.max_header_size
+    )
     config = uvicorn.Config(
-        CloseWhenDraining(HeadSizeLimit(app, options.max_header_size), flag),
+        guarded,
         interface="asgi3",
-        http=http_protocol(
-            options.http,
-            read_timeout=options.read_timeout,
-            max_header_size=options.max_header_size,
-        ),
+        http=protocol,
         loop="asyncio",  # the drain relies on the selector loop's accept path
         timeout_keep_alive=options.keep_alive,  # type: ignore[arg-type]  # a float works
         limit_concurrency=options.limit_concurrency,
@@ -117,9 +127,26 @@ def serve_asgi(
         ssl_certfile=options.certfile,
         ssl_keyfile=options.keyfile,
     )
+    config.load()
+    if protocol.picks_app:
+        protocol.fast_app = _bare(config.loaded_app, guarded, app)
     server = DrainingServer(config, flag, options, on_ready=on_ready, on_drain=on_drain)
     server.run(sockets=list(sockets))
     return server.report or DrainReport(0.0)
+
+
+def _bare(loaded: object, guarded: ASGIApp, app: ASGIApp) -> object | None:
+    """uvicorn's wrapping of ``guarded`` (``loaded``) around ``app`` instead:
+    what an unguarded request goes to. None when uvicorn wrapped it otherwise
+    than in its proxy-headers middleware (e.g. its message logger at trace
+    level): every request then goes through ``loaded``."""
+    if loaded is guarded:
+        return app
+    if isinstance(loaded, ProxyHeadersMiddleware) and loaded.app is guarded:
+        bare = copy.copy(loaded)
+        bare.app = app  # type: ignore[assignment]  # uvicorn's own ASGI types
+        return bare
+    return None
 
 
 class DrainingServer(uvicorn.Server):
@@ -222,14 +249,15 @@ class DrainingServer(uvicorn.Server):
 
     async def _wait_until(self, done: Callable[[], bool], deadline: float) -> None:
         """Wait for ``done()``, re-checked at each change of connections or tasks."""
-        changed = self.server_state.changed
+        state = self.server_state
         while not done() and not self.force_exit:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            changed.clear()
+            state.changed.clear()
+            state.watch_tasks()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                await asyncio.wait_for(state.changed.wait(), remaining)
 
     def _drained(self) -> bool:
         state = self.server_state

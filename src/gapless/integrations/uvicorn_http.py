@@ -38,11 +38,12 @@ __all__ = ["DrainState", "DrainingHttp", "http_protocol"]
 
 _T = TypeVar("_T")
 _HTTP_PARSERS = ("auto", "h11", "httptools")
+_CLOSE = (b"connection", b"close")
 
 
 def http_protocol(
     name: str, *, read_timeout: float | None = None, max_header_size: int = 16384
-) -> type[asyncio.Protocol]:
+) -> type[DrainingHttp]:
     """uvicorn's HTTP protocol class of that name, with the drain's keep-alive
     expiry and the head limits.
 
@@ -94,7 +95,14 @@ class DrainingHttp(asyncio.Protocol):
     server_state: ServerState
     read_timeout: float | None = None
     max_header_size = 16384
+    #: The application an unguarded request goes to (uvicorn's wrapping of
+    #: the bare application, without gapless's middleware), when the protocol
+    #: picks one per request (:class:`HttpToolsHeads`); None: always uvicorn's
+    #: ``config.loaded_app``. Set by :func:`~.uvicorn.serve_asgi`.
+    fast_app: Any = None
+    picks_app = False
     _seen_data = False
+    _draining = False
     _deadline: HeadDeadline
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +116,10 @@ class DrainingHttp(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._seen_data = True
         super().data_received(data)
+        if self.read_timeout is not None:
+            self._watch_head()
+
+    def _watch_head(self) -> None:
         if self.transport.is_closing() or not self._head_pending():
             self._deadline.stop()
         else:
@@ -145,6 +157,7 @@ class DrainingHttp(asyncio.Protocol):
         Busy connections need nothing: their next response closes them, and one
         idle after a response already has its expiry armed.
         """
+        self._draining = True
         fresh = self.cycle is None and not self._seen_data
         if fresh and self.timeout_keep_alive_task is None and not self.transport.is_closing():
             self._arm_expiry()
@@ -167,7 +180,8 @@ class DrainingHttp(asyncio.Protocol):
 
 class H11Heads(DrainingHttp):
     """Where a head stands with h11: its bytes wait in h11's buffer, which h11
-    itself caps at ``h11_max_incomplete_event_size`` (400 beyond)."""
+    itself caps at ``h11_max_incomplete_event_size`` (400 beyond). Every request
+    goes through the ASGI middleware (``picks_app`` is False)."""
 
     conn: Any
 
@@ -178,46 +192,68 @@ class H11Heads(DrainingHttp):
 
 
 class HttpToolsHeads(DrainingHttp):
-    """Where a head stands with httptools, from its callbacks, and its size:
-    httptools keeps a header being received in memory without any limit."""
+    """Where a head stands with httptools, and its size: httptools keeps a header
+    being received in memory without any limit.
 
-    _in_head = False  # between on_message_begin and on_headers_complete
-    _begun = 0  # messages begun on this connection
-    _counted = 0  # bytes of the current head's URL and complete headers
-    _head_bytes = 0  # bytes received since the current head began, when known
+    Per request this costs two method calls and no ASGI middleware, the price
+    of plain uvicorn's protocol (issue 12): uvicorn's own state says where a
+    head stands (its ``scope`` is made at a message's beginning and given its
+    ``method`` when the head is complete), and the bytes of a read bound the
+    head's size. Only a request that may be too large (its head came in reads
+    larger than the limit) or that arrives during a drain goes to uvicorn's
+    ``config.loaded_app``, with the middleware's exact checks; the rest go to
+    :attr:`fast_app`. A request already
+    received when the drain starts gets ``Connection: close`` added to its
+    cycle's default headers (see :meth:`start_drain`).
+    """
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()  # type: ignore[misc]
-        self._in_head = True
-        self._begun += 1
-        self._counted = 0
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)  # type: ignore[misc]
-        self._counted += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)  # type: ignore[misc]
-        self._counted += len(name) + len(value) + 4
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        super().on_headers_complete()  # type: ignore[misc]
+    picks_app = True
+    config: Any
+    app: Any
+    scope: Any
+    headers: Any
+    url: bytes
+    pipeline: Any
+    _read_scope: object = None  # uvicorn's scope when the current read began
+    _read_size = 0  # bytes of the current read
+    _head_bytes = 0  # bytes of the incomplete head in the reads before this one
 
     def _head_pending(self) -> bool:
-        return self._in_head
+        return self.scope is not None and "method" not in self.scope
 
     def data_received(self, data: bytes) -> None:
-        begun, pending = self._begun, self._in_head
-        super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
-            return
-        if pending and begun == self._begun:
+        self._seen_data = True
+        scope = self._read_scope = self.scope
+        pending = scope is not None and "method" not in scope
+        self._read_size = len(data)
+        super(DrainingHttp, self).data_received(data)  # uvicorn's, DrainingHttp's inlined
+        if self.read_timeout is not None:
+            self._watch_head()
+        if self.scope is None or "method" in self.scope or self.transport.is_closing():
+            return  # no head pending: the usual case, a whole request in one read
+        if pending and scope is self.scope:
             self._head_bytes += len(data)  # the whole read belongs to this head
-        else:
-            self._head_bytes = self._counted  # it began in this read: what is known of it
-        if max(self._head_bytes, self._counted) > self.max_header_size:
+        else:  # it began in this read: what is known of it
+            self._head_bytes = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if self._head_bytes > self.max_header_size:
             self.refuse_head(431)
+
+    def on_headers_complete(self) -> None:
+        earlier = self._head_bytes if self.scope is self._read_scope else 0
+        if self._draining or earlier + self._read_size > self.max_header_size:
+            self.app = self.config.loaded_app  # the middleware decides exactly
+        else:
+            self.app = self.fast_app or self.config.loaded_app
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def start_drain(self) -> None:
+        """Also have the requests already received, whose scopes went unmarked,
+        answer with ``Connection: close``: through their cycle's own default
+        headers, which uvicorn (0.30 and later) honours by closing after."""
+        super().start_drain()
+        for cycle in [self.cycle, *(cycle for cycle, _ in self.pipeline)]:
+            if cycle is not None and not cycle.response_started:
+                cycle.default_headers = [*cycle.default_headers, _CLOSE]
 
 
 class WatchedSet(set[_T]):
@@ -244,4 +280,20 @@ class DrainState(ServerState):
         self.flag = flag
         self.changed = asyncio.Event()
         self.connections = WatchedSet(self.changed.set)
-        self.tasks = WatchedSet(self.changed.set)
+        # A plain set: a request's task pays nothing for the drain; the drain
+        # watches the tasks in flight itself (watch_tasks).
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._watched: set[asyncio.Task[None]] = set()
+
+    def watch_tasks(self) -> None:
+        """Have every task in flight set ``changed`` when it ends; called before
+        each wait of a drain, when the tasks are few. (A connection closed after
+        its response is removed before its task ends: the drain then wakes,
+        finds the task, and waits for it here.)"""
+        for task in self.tasks - self._watched:
+            self._watched.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._watched.discard(task)
+        self.changed.set()

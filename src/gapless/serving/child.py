@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from ..cli_args import EXIT_USAGE, Parser
 from ..errors import GaplessError, OptionIgnoredError, ServeError
 from ..hooks import Hooks
-from ..integrations.common import ServeOptions
+from ..integrations.common import ServeOptions, no_delay
 from ..sockets.addresses import parse_bind
 from ..sockets.listeners import open_listener
 from ..systemd.listen_fds import consume_listen_fds
@@ -97,8 +97,10 @@ def take_sockets(binds: Sequence[str]) -> list[tuple[str | None, socket.socket]]
             "no listening socket: run under gapless run or systemd socket activation, "
             "or pass --bind ADDRESS"
         )
-    parsed = [parse_bind(text) for text in binds]
-    return [(bind.name, open_listener(bind)) for bind in parsed]
+    opened = [(bind.name, open_listener(bind)) for bind in map(parse_bind, binds)]
+    for _, sock in opened:
+        no_delay(sock)  # a manager sets it on the sockets it passes; alone, we do
+    return opened
 
 
 class AppSpec:
