@@ -152,7 +152,8 @@ def _ready_timeout(m: Generations, gen: Generation, e: Event, now: float) -> lis
 def _rejected(m: Generations, gen: Generation, e: Event, now: float) -> list[Action]:
     assert isinstance(e, StartRejected)
     gen.state = GenState.KILLED
-    return [KillGroup(gen.number, e.reason), m._fail(gen, f"{e.reason}; killed", now)]
+    why = "it does not serve on the sockets it was given"
+    return [KillGroup(gen.number, why), m._fail(gen, f"{e.reason}; killed", now)]
 
 
 def _drain_deadline(m: Generations, gen: Generation, e: Event, now: float) -> list[Action]:
