@@ -15,10 +15,14 @@ def _accept_forever(sock: socket.socket) -> None:
         connection.close()
 
 
+def accept_in_background(sock: socket.socket) -> None:
+    """Wait in accept() on ``sock`` in a daemon thread."""
+    threading.Thread(target=_accept_forever, args=(sock,), daemon=True).start()
+
+
 def ready_accepting() -> None:
     """Wait in accept() on every inherited socket (fds 3...), then send READY=1."""
     if os.environ.get("LISTEN_PID") == str(os.getpid()):
         for fd in range(3, 3 + int(os.environ.get("LISTEN_FDS", "0"))):
-            sock = socket.socket(fileno=fd)
-            threading.Thread(target=_accept_forever, args=(sock,), daemon=True).start()
+            accept_in_background(socket.socket(fileno=fd))
     ready()
