@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import time
 from pathlib import Path
 
-from manager_harness import PYTHON, TIMEOUT, app, running
+from manager_harness import DEMO, PYTHON, TIMEOUT, app, running, write_command
+
+from gapless.sockets.sockdiag import tcp_listeners
 
 OWN_PORT = r"generation 1 \(pid \d+\) listens on 127\.0\.0\.1:\d+ itself instead of the sockets"
 
@@ -35,6 +38,28 @@ def test_a_generation_on_a_port_of_its_own_fails_the_start_at_once(tmp_path: Pat
     failed = [line for line in manager.lines if "start failed" in line]
     assert failed and "make it serve LISTEN_FDS" in failed[0], manager.log()
     assert took < 10, f"took {took:.1f} s, not far below --ready-timeout 60 s"
+
+
+def test_a_reload_onto_a_port_of_its_own_fails_and_the_old_generation_serves_on(
+    tmp_path: Path,
+) -> None:
+    command = tmp_path / "command.json"
+    with running(tmp_path, write_command(command, DEMO)) as manager:
+        write_command(command, [PYTHON, "-m", "http.server", "0", "--bind", "127.0.0.1"])
+        result = manager.call("reload")
+        assert not result["ok"] and "make it serve LISTEN_FDS" in result["error"], result
+        assert manager.status()["generations"][0]["state"] == "active", manager.log()
+
+
+def test_tcp_listeners_names_the_address_of_each_listening_socket() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as v4,
+        socket.create_server(("::1", 0), family=socket.AF_INET6) as v6,
+    ):
+        found = tcp_listeners()
+        for sock in (v4, v6):
+            host, port = sock.getsockname()[:2]
+            assert found[os.fstat(sock.fileno()).st_ino] == (host, port)
 
 
 def test_the_demo_without_bind_serves_on_the_sockets_it_is_given(tmp_path: Path) -> None:

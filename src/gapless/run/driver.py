@@ -32,8 +32,8 @@ from typing import Any
 
 from ..errors import GaplessError, OwnPortError
 from ..proc.subreaper import group_members
-from ..sockets.listeners import listener_address
 from ..sockets.connections import ConnectionCounter
+from ..sockets.listeners import listener_address
 from ..systemd.notify_receiver import Notification, NotifyReceiver
 from .children import Children, GenerationProcess
 from .config import Listener, ManagerConfig
