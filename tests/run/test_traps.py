@@ -10,10 +10,12 @@ import socket
 import time
 from pathlib import Path
 
-from manager_harness import DEMO, PYTHON, TIMEOUT, app, running, write_command
+import pytest
+from manager_harness import APPS, DEMO, PYTHON, TIMEOUT, app, running, write_command
 
 from gapless.sockets.sockdiag import tcp_listeners
 
+SRC = Path(__file__).parents[2] / "src"
 OWN_PORT = r"generation 1 \(pid \d+\) listens on 127\.0\.0\.1:\d+ itself instead of the sockets"
 
 
@@ -70,3 +72,18 @@ def test_the_demo_without_bind_serves_on_the_sockets_it_is_given(tmp_path: Path)
         connection.close()
         assert body.startswith("pid "), body
         assert manager.call("reload")["ok"], manager.log()
+
+
+def test_gunicorn_as_the_readme_runs_it_is_ready_only_once_a_worker_accepts(
+    tmp_path: Path,
+) -> None:
+    gunicorn = Path(PYTHON).parent / "gunicorn"
+    if not gunicorn.exists():
+        pytest.skip("gunicorn is not installed")
+    # HOME: gunicorn 27's control socket goes to ~/.gunicorn, not the user's.
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": f"{SRC}:{APPS}"}
+    command = [str(gunicorn), "-w", "2", "run_app:wsgi"]
+    with running(tmp_path, command, env=env, ready_line=None) as manager:
+        manager.wait_line(r"generation 1 ready after \d+ ms \((notify\+)?accept\)")
+        assert manager.call("reload")["ok"], manager.log()
+        manager.wait_line(r"generation 2 ready after \d+ ms \((notify\+)?accept\)")
