@@ -125,6 +125,11 @@ class HandoffError(GaplessError):
     (``gapless run --handoff``): a peer of another user, a broken message, a timeout."""
 
 
+class OwnPortError(GaplessError):
+    """A starting generation of ``gapless run`` serves on a TCP port it bound itself,
+    not on the sockets it was handed (LISTEN_FDS)."""
+
+
 class ServeError(GaplessError):
     """``gapless serve`` cannot load or run the application, e.g. a bad ``MODULE:APP``."""
 

@@ -3,12 +3,12 @@
 import signal
 import sys
 
-from gapless.systemd.notify import ready
+from accepting import ready_accepting
 
 line = "x" * 99 + "\n"
 for _ in range(int(sys.argv[1])):
     sys.stderr.write(line)
 sys.stderr.flush()
-ready()
+ready_accepting()
 while True:
     signal.pause()

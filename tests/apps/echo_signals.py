@@ -3,7 +3,7 @@
 import signal
 import sys
 
-from gapless.systemd.notify import ready
+from accepting import ready_accepting
 
 
 def say(signum: int, frame: object) -> None:
@@ -12,6 +12,6 @@ def say(signum: int, frame: object) -> None:
 
 signal.signal(signal.SIGUSR1, say)
 signal.signal(signal.SIGUSR2, say)
-ready()
+ready_accepting()
 while True:
     signal.pause()

@@ -16,8 +16,8 @@ with open(sys.argv[1] + ".tmp", "w") as file:
     json.dump({"pid": os.getpid(), "fds": fds}, file)
 os.replace(sys.argv[1] + ".tmp", sys.argv[1])
 
-from gapless.systemd.notify import ready  # noqa: E402  (after the fds were listed)
+from accepting import ready_accepting  # noqa: E402  (after the fds were listed)
 
-ready()
+ready_accepting()
 while True:
     signal.pause()

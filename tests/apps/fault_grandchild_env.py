@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+from accepting import accept_in_background
+
 from gapless.systemd.listen_fds import consume_listen_fds
 from gapless.systemd.notify import ready
 
@@ -32,6 +34,8 @@ report["grandchild"] = json.loads(result.stdout)
 with open(sys.argv[1] + ".tmp", "w") as file:
     json.dump(report, file)
 os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+for _, sock in sockets:
+    accept_in_background(sock)
 ready()
 while True:
     signal.pause()

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from gapless.systemd.notify import ready
+from accepting import ready_accepting
 
 pid = os.fork()
 if pid == 0:
@@ -16,6 +16,6 @@ if pid == 0:
 with open(sys.argv[1] + ".tmp", "w") as file:
     file.write(str(pid))
 os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-ready()
+ready_accepting()
 while True:
     signal.pause()

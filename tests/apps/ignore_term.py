@@ -2,9 +2,9 @@
 
 import signal
 
-from gapless.systemd.notify import ready
+from accepting import ready_accepting
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-ready()
+ready_accepting()
 while True:
     signal.pause()

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from gapless.systemd.notify import ready
+from accepting import ready_accepting
 
 middle = os.fork()
 if middle == 0:
@@ -16,6 +16,6 @@ if middle == 0:
     print(f"orphan pid {orphan}", file=sys.stderr, flush=True)
     os._exit(0)
 os.waitpid(middle, 0)
-ready()
+ready_accepting()
 while True:
     signal.pause()

@@ -7,7 +7,7 @@ import signal
 import socket
 import sys
 
-from gapless.systemd.notify import ready
+from accepting import ready_accepting
 
 names = ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "NOTIFY_SOCKET")
 sockets = []
@@ -19,6 +19,6 @@ report = {"pid": os.getpid(), "env": {n: os.environ.get(n) for n in names}, "soc
 with open(sys.argv[1] + ".tmp", "w") as file:
     json.dump(report, file)
 os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-ready()
+ready_accepting()
 while True:
     signal.pause()

@@ -3,8 +3,8 @@ bench/run_figures.py subtracts its cold start from a reload's time."""
 
 import signal
 
-from gapless.systemd.notify import ready
+from accepting import ready_accepting
 
-ready()
+ready_accepting()
 while True:
     signal.pause()

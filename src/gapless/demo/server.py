@@ -25,6 +25,7 @@ from ..errors import GaplessError
 from ..library.upgrader import Upgrader
 from ..sockets.addresses import Bind, parse_bind
 from ..sockets.listeners import listener_address
+from ..systemd.listen_fds import read_listen_fds
 
 MAX_DURATION = 3600.0
 
@@ -128,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="ADDR",
-        help="repeatable; default 127.0.0.1:8000",
+        help="repeatable; default: the sockets inherited through LISTEN_FDS (gapless run, "
+        "systemd), else 127.0.0.1:8000",
     )
     parser.add_argument("--pid-file", help="written once ready, naming the process to signal")
     parser.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -141,11 +143,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"demo[{os.getpid()}] %(message)s",
     )
     try:
-        binds = [parse_bind(text) for text in args.bind or ["127.0.0.1:8000"]]
+        binds = [parse_bind(text) for text in args.bind] or inherited_binds()
+        binds = binds or [parse_bind("127.0.0.1:8000")]
         return run(binds, pid_file=args.pid_file, hammer_time=args.hammer_time, quiet=args.quiet)
     except GaplessError as exc:
         print(f"gapless.demo.server: error: {exc}", file=sys.stderr)
         return 1
+
+
+def inherited_binds() -> list[Bind]:
+    """A bind for each socket handed to this process (LISTEN_FDS), at its actual address.
+
+    Under ``gapless run`` without ``--bind`` the demo must serve on what the manager
+    passed, as gunicorn does: binding 127.0.0.1:8000 itself would leave the
+    manager's port unanswered and make the next generation fail with "in use".
+    """
+    binds = []
+    for item in read_listen_fds(os.environ, os.getpid()):
+        sock = socket.socket(fileno=item.fd)
+        try:
+            binds.append(Bind(listener_address(sock), item.name))
+        finally:
+            sock.detach()  # the Upgrader takes the fd itself, by this address
+    return binds
 
 
 def run(binds: Sequence[Bind], *, pid_file: str | None, hammer_time: float, quiet: bool) -> int:

@@ -58,7 +58,7 @@ from collections.abc import Collection, Mapping
 
 from ..proc.procfs import stat_fields
 
-__all__ = ["accepting", "socket_inode"]
+__all__ = ["accepting", "socket_inode", "waiter"]
 
 # Syscall numbers per machine: (accept, accept4), (poll, ppoll), (select, pselect6).
 # aarch64 and riscv64 share the asm-generic table, which has neither poll nor select.
@@ -109,6 +109,23 @@ def accepting(root_pid: int, inodes: Collection[int]) -> bool:
     if not targets:
         return False
     return any(_process_accepts(pid, targets) for pid in _tree(root_pid))
+
+
+def waiter(root_pid: int, inodes: Collection[int]) -> tuple[int, int] | None:
+    """Like :func:`accepting`, but say who waits on which socket.
+
+    Returns:
+        ``(pid, inode)`` of the first process found waiting on one of the sockets;
+        None if none does.
+    """
+    targets = {f"socket:[{inode}]": inode for inode in inodes}
+    for pid in _tree(root_pid) if targets else ():
+        held, epolls = _socket_fds(pid, targets)
+        for fd, inode in held.items():
+            one = {fd: inode}
+            if any(_epoll_watches(pid, epfd, one) for epfd in epolls) or _thread_waits(pid, one):
+                return pid, inode
+    return None
 
 
 def _tree(root_pid: int) -> list[int]:

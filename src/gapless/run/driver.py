@@ -30,9 +30,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..errors import GaplessError
+from ..errors import GaplessError, OwnPortError
 from ..proc.subreaper import group_members
 from ..sockets.connections import ConnectionCounter
+from ..sockets.listeners import listener_address
 from ..systemd.notify_receiver import Notification, NotifyReceiver
 from .children import Children, GenerationProcess
 from .config import Listener, ManagerConfig
@@ -59,6 +60,7 @@ from .generations import (
     Signal,
     Spawn,
     SpawnFailed,
+    StartRejected,
     StopRequested,
 )
 from .processes import Processes, ProcessesFactory
@@ -214,7 +216,11 @@ class Driver:
         self._notify_address = receiver.address
         inodes = [item.inode for item in listeners]
         self._connections = ConnectionCounter.of(item.sock for item in listeners)
-        self._readiness = Readiness(self.config.ready, inodes, self._connections)
+        handed = ", ".join(
+            f"fd {fd} {item.name + '=' if item.name else ''}{listener_address(item.sock)}"
+            for fd, item in enumerate(listeners, start=3)
+        )
+        self._readiness = Readiness(self.config.ready, inodes, self._connections, handed)
         if boot:
             self.feed(Boot())
 
@@ -266,7 +272,11 @@ class Driver:
         starting = self._starting()
         if starting is not None and self._readiness is not None:
             gen, proc = starting
-            via = self._readiness.check(proc.pid, gen.started, now)
+            try:
+                via = self._readiness.check(proc.pid, gen.started, now)
+            except OwnPortError as exc:
+                self.feed(StartRejected(gen.number, str(exc)))
+                return
             if via is not None:
                 proc.ready_via = via
                 self.feed(ChildReady(gen.number))
@@ -348,8 +358,16 @@ class Driver:
             proc.status_line = note.status
         wanted = self.config.ready.notify and starting is not None
         if wanted and note.ready and starting and proc.number == starting.number:
-            proc.ready_via = "notify"
-            self.feed(ChildReady(proc.number))
+            if self._readiness is None or self._readiness.notified(time.monotonic()):
+                proc.ready_via = "notify"
+                self.feed(ChildReady(proc.number))
+            else:
+                self._log.event(
+                    "notified",
+                    f"generation {proc.number} sent READY=1; ready once it accepts "
+                    "on the sockets it was given",
+                    generation=proc.number,
+                )
         return None
 
     # Actions ------------------------------------------------------------------

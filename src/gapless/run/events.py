@@ -33,6 +33,7 @@ __all__ = [
     "Signal",
     "Spawn",
     "SpawnFailed",
+    "StartRejected",
     "StopNow",
     "StopRequested",
 ]
@@ -60,6 +61,15 @@ class ChildReady:
 @dataclass(frozen=True)
 class SpawnFailed:
     """The command could not be executed at all (not found, not executable)."""
+
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StartRejected:
+    """The starting generation runs but will never serve on the handed sockets
+    (it listens on a port of its own): it is killed and the start fails."""
 
     generation: int
     reason: str
@@ -107,6 +117,7 @@ Event = (
     | ReloadRequested
     | ChildReady
     | SpawnFailed
+    | StartRejected
     | ChildExited
     | GroupExited
     | ReadyTimeout

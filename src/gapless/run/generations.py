@@ -63,6 +63,7 @@ from .events import (
     Signal,
     Spawn,
     SpawnFailed,
+    StartRejected,
     StopNow,
     StopRequested,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "Signal",
     "Spawn",
     "SpawnFailed",
+    "StartRejected",
     "StopNow",
     "StopRequested",
 ]

@@ -25,6 +25,7 @@ from .events import (
     ReloadResult,
     ReportReload,
     SpawnFailed,
+    StartRejected,
     StopNow,
     StopRequested,
 )
@@ -148,6 +149,13 @@ def _ready_timeout(m: Generations, gen: Generation, e: Event, now: float) -> lis
     ]
 
 
+def _rejected(m: Generations, gen: Generation, e: Event, now: float) -> list[Action]:
+    assert isinstance(e, StartRejected)
+    gen.state = GenState.KILLED
+    why = "it does not serve on the sockets it was given"
+    return [KillGroup(gen.number, why), m._fail(gen, f"{e.reason}; killed", now)]
+
+
 def _drain_deadline(m: Generations, gen: Generation, e: Event, now: float) -> list[Action]:
     gen.state = GenState.KILLED
     return [KillGroup(gen.number, f"still running {m.drain_timeout:g} s after the drain began")]
@@ -168,6 +176,7 @@ GENERATION_TABLE: dict[tuple[GenState, type], _GenHandler] = {
     (G.STARTING, SpawnFailed): _spawn_failed,
     (G.STARTING, ChildExited): _start_exited,
     (G.STARTING, ReadyTimeout): _ready_timeout,
+    (G.STARTING, StartRejected): _rejected,
     (G.ACTIVE, ChildReady): _ignore,  # READY=1 again after the server's own reload
     (G.ACTIVE, ChildExited): _active_exited,
     (G.DRAINING, ChildReady): _ignore,
