@@ -1,11 +1,12 @@
 """A server that writes to stdout as well as stderr: one stdout line in two writes
-with a stderr line between them, then READY=1; ``stdout got SIGUSR1`` on SIGUSR1.
+with a stderr line between them, then READY=1 (accepting, as --ready auto wants);
+``stdout got SIGUSR1`` on SIGUSR1.
 SIGTERM keeps its default action, so a drain ends it by that signal."""
 
 import signal
 import sys
 
-from gapless.systemd.notify import ready
+from accepting import ready_accepting
 
 
 def say(signum: int, frame: object) -> None:
@@ -17,6 +18,6 @@ sys.stdout.write("first half, ")
 sys.stdout.flush()
 print("on stderr", file=sys.stderr, flush=True)
 print("second half", flush=True)
-ready()
+ready_accepting()
 while True:
     signal.pause()
