@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Installs what the demo and the tests need: Debian packages (when root and
-# missing), then a virtualenv in .venv with gapless and its test extras.
+# Installs what the demo or the tests need: Debian packages (when root and
+# missing), then a virtualenv in .venv with gapless and its extras.
+#
+#   bash scripts/setup.sh demo    # the demo: wrk, and gapless with its plot extra
+#   bash scripts/setup.sh         # the tests: wrk, systemd and the supervisors, the dev extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(systemd wrk daemontools runit s6)
+profile=${1:-test}
+case $profile in
+    demo) debian_packages=(wrk); extras='.[plot]' ;;
+    test) debian_packages=(systemd wrk daemontools runit s6); extras='.[dev]' ;;
+    *) echo "setup: unknown profile '$profile': give demo or test" >&2; exit 2 ;;
+esac
+
 missing=()
 for pkg in "${debian_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -14,7 +23,7 @@ if ((${#missing[@]})); then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-        echo "setup: missing Debian packages ${missing[*]} (run as root to install them); tests that need them are skipped" >&2
+        echo "setup: missing Debian packages ${missing[*]} (run as root to install them); what needs them is skipped" >&2
     fi
 fi
 
@@ -22,9 +31,14 @@ python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
-stamp=.venv/.gapless-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
-    touch "$stamp"
-fi
+# The test profile installs a superset of the demo's, so its stamp serves both.
+stamp=.venv/.gapless-installed-$profile
+full=.venv/.gapless-installed-test
+for done in "$stamp" "$full"; do
+    if [[ -f $done && ! pyproject.toml -nt $done ]]; then
+        exit 0
+    fi
+done
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e "$extras"
+touch "$stamp"
