@@ -89,8 +89,6 @@ _ACK_WAIT = 5.0
 
 log = logging.getLogger("gapless")
 
-DEFAULT_DRAIN_TIMEOUT = 30.0
-
 DEFAULT_SIGNALS: Mapping[str, str] = {
     "HUP": "upgrade",
     "USR2": "upgrade",
@@ -125,7 +123,7 @@ class Upgrader:
         *,
         command: Sequence[str] | None = None,
         ready_timeout: float = 60.0,
-        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        drain_timeout: float = 30.0,  # written out: the API reference shows it
         pid_file: str | os.PathLike[str] | None = None,
         signals: Mapping[str, str] | None = None,
         environ: dict[str, str] | None = None,
@@ -453,7 +451,7 @@ def _drain_timeout(drain_timeout: float, hammer_time: float | None) -> float:
     run and serve call it --drain-timeout; one name for one concept)."""
     if hammer_time is None:
         return drain_timeout
-    if drain_timeout != DEFAULT_DRAIN_TIMEOUT:
+    if drain_timeout != 30.0:  # Upgrader's default: both were given
         raise TypeError(
             "Upgrader: hammer_time= and drain_timeout= both given: keep drain_timeout= only"
         )
