@@ -3,14 +3,15 @@
 # missing), then a virtualenv in .venv with gapless and its extras.
 #
 #   bash scripts/setup.sh demo    # the demo: wrk, and gapless with its plot extra
-#   bash scripts/setup.sh         # the tests: wrk, systemd and the supervisors, the dev extras
+#   bash scripts/setup.sh         # the tests: wrk, systemd and the supervisors, the
+#                                 # extras the suite exercises and the dev group (PEP 735)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${1:-test}
 case $profile in
-    demo) debian_packages=(wrk); extras='.[plot]' ;;
-    test) debian_packages=(systemd wrk daemontools runit s6); extras='.[dev]' ;;
+    demo) debian_packages=(wrk); install=(-e '.[plot]') ;;
+    test) debian_packages=(systemd wrk daemontools runit s6); install=(-e '.[serve,bench,plot]' --group dev) ;;
     *) echo "setup: unknown profile '$profile': give demo or test" >&2; exit 2 ;;
 esac
 
@@ -39,6 +40,6 @@ for done in "$stamp" "$full"; do
         exit 0
     fi
 done
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e "$extras"
+.venv/bin/python -m pip install -q --upgrade pip  # --group needs pip >= 25.1
+.venv/bin/python -m pip install -q "${install[@]}"
 touch "$stamp"

@@ -51,7 +51,7 @@ class Server:
     def missing(self) -> str | None:
         """Why it cannot run here, or None."""
         if self.argv[0] != "sh" and not os.path.exists(self.argv[0]):
-            return f"{self.argv[0]} is not installed (pip install -e '.[test]')"
+            return f"{self.argv[0]} is not installed (pip install --group test)"
         if self.needs and importlib.util.find_spec(self.needs) is None:
             return f"{self.needs} is not importable (a newer {self.needs.split('.')[0]} needed)"
         if self.argv[0] == "sh" and shutil.which("systemd-notify") is None:

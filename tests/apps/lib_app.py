@@ -6,7 +6,7 @@ file read at every start (rewriting it deploys "the next version")::
      "worker": false,         # fork a worker that keeps the listening socket
      "drain_forever": false,  # told to stop, never finish: only the hammer ends it
      "block": null,           # a hook that blocks for ever once called
-     "hammer_time": 1.0, "pid_file": null}
+     "drain_timeout": 1.0, "pid_file": null}
 
 It reports "start", "worker", "ready", "blocked-<hook>" as it gets there.
 """
@@ -38,7 +38,9 @@ report("start")
 if config.get("hang"):
     threading.Event().wait()
 
-with Upgrader(hammer_time=config.get("hammer_time", 1.0), pid_file=config.get("pid_file")) as up:
+with Upgrader(
+    drain_timeout=config.get("drain_timeout", 1.0), pid_file=config.get("pid_file")
+) as up:
     if config.get("block"):
         getattr(up.hooks, config["block"]).append(block)
     up.listen("web=127.0.0.1:0")

@@ -2,7 +2,7 @@
 
 Rewriting the file before an upgrade is how a test deploys "the next version":
     {"binds": ["web=127.0.0.1:0"], "fail": null | "exit" | "hang",
-     "hammer_time": 30, "ready_timeout": 10, "pid_file": null, "keep_pid": false}
+     "drain_timeout": 30, "ready_timeout": 10, "pid_file": null, "keep_pid": false}
 """
 
 import json
@@ -26,7 +26,7 @@ if config.get("fail") == "hang":
     threading.Event().wait()
 
 with Upgrader(
-    hammer_time=config.get("hammer_time", 30.0),
+    drain_timeout=config.get("drain_timeout", 30.0),
     ready_timeout=config.get("ready_timeout", 10.0),
     pid_file=config.get("pid_file"),
     keep_pid=config.get("keep_pid", False),

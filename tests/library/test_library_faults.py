@@ -113,7 +113,7 @@ def test_close_during_an_upgrade_kills_the_successor_and_releases_everything(
     tmp_path: Path, reports: Reports
 ) -> None:
     pid_file = tmp_path / "app.pid"
-    up = Upgrader(environ=environ(), ready_timeout=TIMEOUT, hammer_time=-1, pid_file=pid_file)
+    up = Upgrader(environ=environ(), ready_timeout=TIMEOUT, drain_timeout=-1, pid_file=pid_file)
     sock = up.listen("web=127.0.0.1:0")
     port = sock.getsockname()[1]
     up.ready()
@@ -138,7 +138,7 @@ def test_close_during_an_upgrade_kills_the_successor_and_releases_everything(
 def test_close_while_a_before_upgrade_hook_runs_starts_no_successor(
     tmp_path: Path, reports: Reports
 ) -> None:
-    up = Upgrader(environ=environ(), ready_timeout=TIMEOUT, hammer_time=-1)
+    up = Upgrader(environ=environ(), ready_timeout=TIMEOUT, drain_timeout=-1)
     up.listen("web=127.0.0.1:0")
     up.ready()
     up.command = app_argv(tmp_path, reports, hang=True)
@@ -214,7 +214,7 @@ def take_fds(numbers: set[int], directory: Path) -> list[tuple[int, Path]]:
 def test_stop_as_the_upgrade_completes_writes_to_no_fd_and_stops(
     tmp_path: Path, reports: Reports, reuse: bool
 ) -> None:
-    up = Upgrader(environ=environ(), ready_timeout=TIMEOUT, hammer_time=-1)
+    up = Upgrader(environ=environ(), ready_timeout=TIMEOUT, drain_timeout=-1)
     up.listen("web=127.0.0.1:0")
     up.ready()
     up.command = app_argv(tmp_path, reports)
@@ -255,7 +255,7 @@ def socket_holders(inode: int) -> set[int]:
 def test_the_hammer_kills_a_successors_workers_too(tmp_path: Path, reports: Reports) -> None:
     """Issue 10: a successor's worker, forked with the listening socket, outlived
     its server's hammer and kept the socket (and its accept queue) for ever."""
-    up = Upgrader(environ=environ(), ready_timeout=TIMEOUT, hammer_time=-1)
+    up = Upgrader(environ=environ(), ready_timeout=TIMEOUT, drain_timeout=-1)
     sock = up.listen("web=127.0.0.1:0")
     inode = os.fstat(sock.fileno()).st_ino
     up.ready()

@@ -32,7 +32,7 @@ from gapless.library.lifecycle import (
 S = State
 NOW = 100.0
 
-# (state, event, new state, actions), hammer_time = 30
+# (state, event, new state, actions), drain_timeout = 30
 TRANSITIONS: list[tuple[State, Event, State, list[Action]]] = [
     (S.STARTING, Ready(), S.SERVING, [AnnounceReady()]),
     (S.STARTING, StopRequested(), S.STOPPING, [BeginDrain(130.0, final=True)]),
@@ -79,7 +79,7 @@ TRANSITIONS: list[tuple[State, Event, State, list[Action]]] = [
 def test_transition_table(
     state: State, event: Event, new_state: State, actions: list[Action]
 ) -> None:
-    machine = Lifecycle(hammer_time=30.0, state=state)
+    machine = Lifecycle(drain_timeout=30.0, state=state)
     assert machine.handle(event, NOW) == actions
     assert machine.state is new_state
 
@@ -134,7 +134,7 @@ def test_invariant_at_most_one_successor_starting() -> None:
 
 
 def test_invariant_stop_accepting_only_after_successor_ready() -> None:
-    machine = Lifecycle(hammer_time=30.0, state=S.SERVING)
+    machine = Lifecycle(drain_timeout=30.0, state=S.SERVING)
     assert not any(isinstance(a, BeginDrain) for a in machine.handle(UpgradeRequested(), NOW))
     assert machine.state is S.UPGRADING
     actions = machine.handle(SuccessorReady(9), NOW)
@@ -157,8 +157,8 @@ def test_invariant_unix_paths_unlinked_only_at_final_stop() -> None:
     assert machine.handle(StopRequested(), NOW) == [Exit(hurried=True, final=False)]
 
 
-def test_hammer_time_disabled_with_negative_value() -> None:
-    machine = Lifecycle(hammer_time=-1, state=S.SERVING)
+def test_drain_timeout_disabled_with_negative_value() -> None:
+    machine = Lifecycle(drain_timeout=-1, state=S.SERVING)
     assert machine.handle(StopRequested(), NOW) == [BeginDrain(None, final=True)]
 
 

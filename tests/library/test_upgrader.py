@@ -102,7 +102,7 @@ def send_slow_request(port: int, duration: str, into: list[object]) -> threading
 @pytest.fixture
 def upgrader(tmp_path: Path) -> Iterator[Upgrader]:
     environ = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    up = Upgrader(environ=environ, ready_timeout=2.0, hammer_time=-1)
+    up = Upgrader(environ=environ, ready_timeout=2.0, drain_timeout=-1)
     yield up
     up.close()
 
@@ -215,7 +215,7 @@ def test_scoped_signal_handlers_are_restored() -> None:
 
 def test_stop_signal_in_this_process_sets_the_stopping_event() -> None:
     environ = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    with Upgrader(environ=environ, signals={"USR1": "stop"}, hammer_time=-1) as up:
+    with Upgrader(environ=environ, signals={"USR1": "stop"}, drain_timeout=-1) as up:
         up.listen("127.0.0.1:0")
         up.ready()
         os.kill(os.getpid(), signal.SIGUSR1)
@@ -320,8 +320,8 @@ def test_systemd_sees_reloading_then_the_new_main_pid_then_stopping(config: Path
         server.stop()
 
 
-def test_hammer_time_ends_a_drain_that_takes_too_long(config: Path) -> None:
-    server = start(app_argv(config, {"binds": ["127.0.0.1:0"], "hammer_time": 1.0}))
+def test_drain_timeout_ends_a_drain_that_takes_too_long(config: Path) -> None:
+    server = start(app_argv(config, {"binds": ["127.0.0.1:0"], "drain_timeout": 1.0}))
     try:
         port = listening_ports(server.main_pid)[0]
         old = server.main_pid
@@ -410,3 +410,29 @@ def test_successor_takes_over_the_original_stderr_once_ready(tmp_path: Path, con
         assert f"app[{new}] SIGTERM: stopping" in text, "lines after the old exit still arrive"
     finally:
         server.stop()
+
+
+# drain_timeout, named as gapless run's --drain-timeout ------------------------
+
+
+def test_drain_timeout_is_the_drain_deadline() -> None:
+    up = Upgrader(environ={}, drain_timeout=5.0)
+    try:
+        assert up.drain_timeout == 5.0
+    finally:
+        up.close()
+
+
+def test_hammer_time_is_still_accepted_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match=r"hammer_time=.*drain_timeout=") as caught:
+        up = Upgrader(environ={}, hammer_time=-1)
+    try:
+        assert up.drain_timeout == -1
+        assert caught[0].filename == __file__, "the warning points at the caller's line"
+    finally:
+        up.close()
+
+
+def test_hammer_time_and_drain_timeout_together_are_refused() -> None:
+    with pytest.raises(TypeError, match=r"hammer_time.*drain_timeout"):
+        Upgrader(environ={}, hammer_time=1.0, drain_timeout=2.0)

@@ -162,7 +162,7 @@ def test_supervisord_supervisorctl_restart(tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     supervisord, supervisorctl = bin_dir / "supervisord", bin_dir / "supervisorctl"
     if not supervisord.exists():
-        pytest.skip("supervisor is not installed (pip install -e '.[test]')")
+        pytest.skip("supervisor is not installed (pip install --group test)")
     port = free_port()
     conf = tmp_path / "supervisord.conf"
     conf.write_text(SUPERVISORD_CONF.format(here=tmp_path))

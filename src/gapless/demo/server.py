@@ -135,8 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pid-file", help="written once ready, naming the process to signal")
     parser.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     parser.add_argument(
-        "--hammer-time", type=float, default=30.0, help="drain deadline in seconds; -1: none"
+        "--drain-timeout", type=float, default=30.0, help="drain deadline in seconds; -1: none"
     )
+    # The former name, as Upgrader(hammer_time=) was: still taken, no longer shown.
+    parser.add_argument("--hammer-time", type=float, dest="drain_timeout", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -145,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         binds = [parse_bind(text) for text in args.bind] or inherited_binds()
         binds = binds or [parse_bind("127.0.0.1:8000")]
-        return run(binds, pid_file=args.pid_file, hammer_time=args.hammer_time, quiet=args.quiet)
+        return run(
+            binds, pid_file=args.pid_file, drain_timeout=args.drain_timeout, quiet=args.quiet
+        )
     except GaplessError as exc:
         print(f"gapless.demo.server: error: {exc}", file=sys.stderr)
         return 1
@@ -168,8 +172,8 @@ def inherited_binds() -> list[Bind]:
     return binds
 
 
-def run(binds: Sequence[Bind], *, pid_file: str | None, hammer_time: float, quiet: bool) -> int:
-    with Upgrader(pid_file=pid_file, hammer_time=hammer_time) as upgrader:
+def run(binds: Sequence[Bind], *, pid_file: str | None, drain_timeout: float, quiet: bool) -> int:
+    with Upgrader(pid_file=pid_file, drain_timeout=drain_timeout) as upgrader:
         servers = [DemoServer(upgrader.listen(bind)) for bind in binds]
         loop = AcceptLoop(servers)
         upgrader.hooks.before_shutdown.append(loop.stop)

@@ -23,7 +23,7 @@ Rules kept here (and tested by name in tests/library/test_protocol.py):
 * at most one successor is starting; a request while one starts joins it;
 * the process stops accepting only after its successor reported ready;
 * a failed successor leaves the process serving;
-* every drain has a deadline (``hammer_time`` seconds, or none when negative).
+* every drain has a deadline (``drain_timeout`` seconds, or none when negative).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ Action = (
 class Lifecycle:
     """The state machine. ``handle(event, now)`` returns the actions to carry out."""
 
-    hammer_time: float = 30.0
+    drain_timeout: float = 30.0
     state: State = State.STARTING
     successor: int | None = None
     _log: list[tuple[State, str, State]] = field(default_factory=list, repr=False)
@@ -201,7 +201,7 @@ class Lifecycle:
         return actions
 
     def _deadline(self, now: float) -> float | None:
-        return None if self.hammer_time < 0 else now + self.hammer_time
+        return None if self.drain_timeout < 0 else now + self.drain_timeout
 
 
 _Result = tuple[State, list[Action]]

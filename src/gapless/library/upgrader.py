@@ -39,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -102,7 +103,9 @@ class Upgrader:
     Args:
         command: the successor's argv; default ``[sys.executable, *sys.orig_argv[1:]]``.
         ready_timeout: seconds the successor has to send READY=1 before it is killed.
-        hammer_time: seconds a drain may take before the process exits anyway; -1: no limit.
+        drain_timeout: seconds a drain may take before the process exits anyway
+            (the "hammer"); -1: no limit. ``gapless run --drain-timeout`` and
+            ``gapless serve --drain-timeout`` mean the same.
         pid_file: written atomically with this process's PID once it is ready (with
             ``keep_pid``, the keeper's PID, which stays).
         signals: signal name -> ``"upgrade"`` or ``"stop"``; default :data:`DEFAULT_SIGNALS`.
@@ -111,6 +114,8 @@ class Upgrader:
             for init systems that follow one PID: that process forks here and stays
             as a thin keeper, which never returns from this call; the server goes
             on in the child. See :mod:`gapless.library.keeper`.
+        hammer_time: the former name of ``drain_timeout``, accepted with a
+            ``DeprecationWarning`` until the next release.
     """
 
     def __init__(
@@ -118,11 +123,12 @@ class Upgrader:
         *,
         command: Sequence[str] | None = None,
         ready_timeout: float = 60.0,
-        hammer_time: float = 30.0,
+        drain_timeout: float = 30.0,  # written out: the API reference shows it
         pid_file: str | os.PathLike[str] | None = None,
         signals: Mapping[str, str] | None = None,
         environ: dict[str, str] | None = None,
         keep_pid: bool = False,
+        hammer_time: float | None = None,
     ) -> None:
         self._environ = os.environ if environ is None else environ
         self.keep_pid = keep_pid
@@ -135,7 +141,7 @@ class Upgrader:
             keep_pid_in_keeper(self._environ, list(self._signal_map), pid_file)
         self._cwd = os.getcwd()
         self._lock = threading.RLock()
-        self._machine = Lifecycle(hammer_time=hammer_time)
+        self._machine = Lifecycle(drain_timeout=_drain_timeout(drain_timeout, hammer_time))
         inherited = consume_listen_fds(self._environ)
         self._handshake = Handshake.take(self._environ)
         self._listeners = ListenerSet(inherited, self._handshake.from_gapless)
@@ -202,7 +208,13 @@ class Upgrader:
         self._feed(StopRequested())
 
     @property
+    def drain_timeout(self) -> float:
+        """Seconds a drain may take before the process exits anyway; -1: no limit."""
+        return self._machine.drain_timeout
+
+    @property
     def stopping(self) -> bool:
+        """Whether this process was told to stop accepting."""
         return self._stopping.is_set()
 
     def wait_stopping(self, timeout: float | None = None) -> bool:
@@ -411,7 +423,7 @@ class Upgrader:
     def _hammer(self, deadline: float) -> None:
         if self._finished.wait(max(0.0, deadline - time.monotonic())):
             return
-        log.warning("hammer time: the drain did not finish by its deadline; exiting")
+        log.warning("drain_timeout passed: the drain did not finish by its deadline; exiting")
         self._hard_exit(self._machine.successor is None)  # no lock: a hook may hold it
 
     def _hard_exit(self, final: bool) -> NoReturn:
@@ -432,6 +444,23 @@ _ACTIONS: dict[type, Callable[[Upgrader, Any], None]] = {
     RefuseUpgrade: Upgrader._refuse,
     Exit: Upgrader._exit,
 }
+
+
+def _drain_timeout(drain_timeout: float, hammer_time: float | None) -> float:
+    """The drain deadline from the current name or the deprecated one (gapless
+    run and serve call it --drain-timeout; one name for one concept)."""
+    if hammer_time is None:
+        return drain_timeout
+    if drain_timeout != 30.0:  # Upgrader's default: both were given
+        raise TypeError(
+            "Upgrader: hammer_time= and drain_timeout= both given: keep drain_timeout= only"
+        )
+    warnings.warn(
+        "Upgrader(hammer_time=) is deprecated: use drain_timeout=, the same seconds",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return hammer_time
 
 
 def _parse_signal_map(mapping: Mapping[str, str]) -> dict[signal.Signals, str]:
