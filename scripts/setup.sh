@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 profile=${1:-test}
 case $profile in
     demo) debian_packages=(wrk); install=(-e '.[plot]') ;;
-    test) debian_packages=(systemd wrk daemontools runit s6); install=(-e '.[serve,bench,plot]' --group dev) ;;
+    test) debian_packages=(systemd wrk daemontools runit s6); install=(-e '.[serve,granian,bench,plot]' --group dev) ;;
     *) echo "setup: unknown profile '$profile': give demo or test" >&2; exit 2 ;;
 esac
 
