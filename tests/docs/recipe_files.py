@@ -26,7 +26,8 @@ APP = "gapless-app"
 
 
 def recipe_files() -> list[Path]:
-    return sorted(path for path in RECIPES.rglob("*") if path.is_file())
+    files = (path for path in RECIPES.rglob("*") if path.is_file())
+    return sorted(path for path in files if "__pycache__" not in path.parts)
 
 
 def dockerfile() -> list[tuple[str, str]]:

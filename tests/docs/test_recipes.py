@@ -12,6 +12,7 @@ import pytest
 import yaml
 from recipe_files import (
     APP,
+    DEPLOY,
     RECIPES,
     VENV_BIN,
     command,
@@ -40,6 +41,10 @@ def index(predicate: Any) -> int:
 def image_cmd() -> list[str]:
     (cmd,) = instructions("CMD")
     return exec_form(cmd)
+
+
+def pre_stop_sleep(app: dict[str, Any]) -> float:
+    return float(app.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0))
 
 
 def port_of(bind: Any) -> int:
@@ -90,12 +95,12 @@ def test_the_grace_period_outlasts_prestop_shutdown_delay_and_drain(manifest: st
     spec = load_yaml(manifest)["spec"]["template"]["spec"]
     app = container(load_yaml(manifest))
     args = gapless_args(app["command"])
-    pre_stop = app.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    pre_stop = pre_stop_sleep(app)
     needed = pre_stop + args.shutdown_delay + args.drain_timeout
     assert spec["terminationGracePeriodSeconds"] > needed
     # The doc's one statement of the rule carries this manifest's very numbers.
     numbers = (spec["terminationGracePeriodSeconds"], pre_stop, args.shutdown_delay)
-    rule = "Grace {} > preStop {} + shutdown delay {:g} + drain timeout {:g}"
+    rule = "Grace {} > preStop {:g} + shutdown delay {:g} + drain timeout {:g}"
     assert rule.format(*numbers, args.drain_timeout) in (RECIPES / manifest).read_text()
 
 
@@ -153,3 +158,31 @@ def test_gunicorn_runs_without_its_control_socket_and_readiness_waits_for_an_acc
         args = gapless_args(argv)
         assert args.ready.text in ("auto", "accept"), argv
         assert command(args)[:2] == [VENV_BIN + "gunicorn", "--no-control-socket"], argv
+
+
+def test_copying_the_code_leaves_the_images_venv_alone() -> None:
+    # The venv sits in the WORKDIR that COPY . . fills: a local .venv would replace it.
+    assert "/opt/app" in instructions("WORKDIR") and VENV_BIN.startswith("/opt/app/.venv/")
+    ignored = (RECIPES / ".dockerignore").read_text().split()
+    assert ".venv" in ignored
+
+
+def test_the_docs_timing_table_has_the_files_numbers() -> None:
+    rows = re.findall(r"^\| `(\S+\.yaml)`[^|]*((?:\|[^|\n]*){5})\|$", DEPLOY.read_text(), re.M)
+    assert {name for name, _ in rows} == {*MANIFESTS, "compose.yaml"}
+    for name, cells in rows:
+        numbers = [float(n) if n else 0.0 for n in re.findall(r"\|[^\d|]*(\d*)", cells)]
+        pre_stop, delay, drain, total, grace = numbers
+        if name == "compose.yaml":
+            args = gapless_args(image_cmd())
+            real = (0, args.shutdown_delay, args.drain_timeout)
+            real_grace = duration(load_yaml(name)["services"][APP]["stop_grace_period"])
+        else:
+            app = container(load_yaml(name))
+            args = gapless_args(app["command"])
+            real = (pre_stop_sleep(app), args.shutdown_delay, args.drain_timeout)
+            real_grace = load_yaml(name)["spec"]["template"]["spec"][
+                "terminationGracePeriodSeconds"
+            ]
+        assert (pre_stop, delay, drain, grace) == (*real, real_grace), name
+        assert total == sum(real) < grace, name
