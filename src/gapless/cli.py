@@ -17,6 +17,7 @@ Over 300 lines on purpose: the usage of every subcommand sits in one file, so
     gapless stop   [--control PATH]
     gapless upgrade [--control PATH] [--python PATH]
     gapless demo   [--reloads N] [--duration SECONDS | --interval SECONDS] [--output DIR]
+                   [--no-wrk]
 
 Exit codes: 0 done; 1 failed (a reload that failed, no manager, a socket that
 could not be opened); 2 misuse of the command line, with a one-line message.
