@@ -7,7 +7,7 @@ requests at a fixed rate (the open-loop prober of ``gapless bench``, so no wrk i
 needed), runs ``gapless reload`` N times, each one complete when the new generation
 is ready and the old one has exited, stops the manager and returns what it saw: a
 frozen :class:`ReloadReport`. Every wait has a deadline; missing one, or any other
-reason the check cannot run, raises :class:`~gapless.errors.ReloadCheckError`.
+reason the check cannot run, raises :class:`ReloadCheckError` (from :mod:`gapless.errors`).
 
 The server imports the app with this process's ``sys.path`` (passed on as
 ``PYTHONPATH``): what your test can import, it can.
@@ -43,7 +43,7 @@ from .proc.spawn import Child
 from .sockets.addresses import TcpAddress
 from .systemd.notify_receiver import NotifyReceiver
 
-__all__ = ["FailedRequest", "ReloadReport", "check_reloads"]
+__all__ = ["FailedRequest", "ReloadCheckError", "ReloadReport", "check_reloads"]
 
 EXAMPLES_PER_CLASS = 3
 _GAPLESS = (sys.executable, "-m", "gapless.cli")
@@ -153,7 +153,7 @@ def check_reloads(
         pin=False,  # the caller's process keeps its CPU affinity
         timeout=timeout,
     )
-    manager = _Manager(_command(target, options), name, _environment(env), timeout)
+    manager = _Manager(_command(target, options), _environment(env), timeout)
     try:
         result = run_bench(config, manager)
     except BenchError as exc:
@@ -210,11 +210,11 @@ class _Manager(RunStrategy):
     summary = "gapless.testing's target"
 
     def __init__(
-        self, argv: tuple[list[str], list[str]], target: str, env: dict[str, str], timeout: float
+        self, argv: tuple[list[str], list[str]], env: dict[str, str], timeout: float
     ) -> None:
         super().__init__([*argv[0], *argv[1]], timeout=timeout)
         self._head, self._tail = argv
-        self._target = target
+        self._manager = " ".join(["gapless", argv[0][3]])  # gapless serve, gapless run
         self._env = env
 
     def _argv(self, address: TcpAddress) -> list[str]:
@@ -247,11 +247,14 @@ class _Manager(RunStrategy):
                 self._pumps[-1].close(min(self.timeout, 5.0))  # its last lines, all read
                 status = manager.poll()
                 how = status.describe() if status is not None else "exited"
-                raise BenchError(f"{self._target} {how} before it was ready")
+                raise BenchError(f"{self._manager} {how} before it was ready")
             notification = receiver.receive() if readable else None
             if notification is not None and notification.ready and notification.pid == manager.pid:
                 return
-        raise BenchError(f"{self._target} was not ready within {self.timeout:g} s (timeout=)")
+        raise BenchError(
+            f"{self._manager} was not ready within {self.timeout:g} s;"
+            " if it starts slowly, raise timeout="
+        )
 
 
 def _report(target: str, result: BenchResult) -> ReloadReport:
