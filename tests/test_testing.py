@@ -85,6 +85,8 @@ def test_a_server_without_a_drain_is_caught_losing_requests() -> None:
         ("myapp:app", {"reloads": 0}, r"reloads=0; pass 1 or more"),
         ("myapp:app", {"rate": 0.0}, r"rate=0\.0; pass a positive number"),
         ("myapp:app", {"duration": -1.0}, r"duration=-1\.0; pass a positive number"),
+        ("myapp:app", {"bind": "unix:/tmp/x.sock"}, r"bind='unix:/tmp/x\.sock' is no TCP address"),
+        ("myapp:app", {"bind": "127.0.0.1:99999"}, r"invalid bind '127\.0\.0\.1:99999'"),
     ],
 )
 def test_bad_arguments_are_named_in_one_line(
@@ -115,3 +117,15 @@ def test_an_app_never_ready_fails_at_the_timeout_naming_it() -> None:
     ) as caught:
         check_reloads(command, options=["--ready", "notify"], timeout=1)
     assert "\n" not in str(caught.value)
+
+
+def test_env_reaches_the_app_and_its_failed_start_is_told_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(APPS))
+    with pytest.raises(ReloadCheckError) as caught:
+        check_reloads("serve_app:app", env={"SERVE_APP_FAIL": "1"}, timeout=30)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("check_reloads('serve_app:app'): gapless serve exited with code")
+    assert "Application startup failed" in message  # the reason, from its output

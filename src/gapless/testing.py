@@ -1,13 +1,15 @@
 """Prove from your own test suite that your app reloads without losing a request.
 
-:func:`check_reloads` starts the app under gapless (``gapless serve MODULE:APP``, or
-``gapless run -- COMMAND`` for a command list) on a free port of 127.0.0.1, with a
-control socket of its own in a temporary directory; it loads it with keep-alive
-requests at a fixed rate (the open-loop prober of ``gapless bench``, so no wrk is
-needed), runs ``gapless reload`` N times, each one complete when the new generation
-is ready and the old one has exited, stops the manager and returns what it saw: a
-frozen :class:`ReloadReport`. Every wait has a deadline; missing one, or any other
-reason the check cannot run, raises :class:`ReloadCheckError` (from :mod:`gapless.errors`).
+:func:`check_reloads` starts the app under gapless (``gapless serve MODULE:APP``,
+or ``gapless run -- COMMAND`` for a command list) on a free port of 127.0.0.1 (or
+``bind``), with a control socket of its own in a temporary directory; it loads it
+with keep-alive requests at a fixed rate (the open-loop prober of ``gapless
+bench``, so no wrk is needed), runs ``gapless reload`` N times, each one complete
+when the new generation is ready and the old one has exited, stops the manager and
+returns what it saw: a frozen :class:`ReloadReport`. Every wait has a deadline;
+missing one, or any other reason the check cannot run, raises
+:class:`ReloadCheckError` (from :mod:`gapless.errors`). It blocks for about
+``duration`` seconds plus the start: from an async test, call it in a thread.
 
 The server imports the app with this process's ``sys.path`` (passed on as
 ``PYTHONPATH``): what your test can import, it can.
@@ -38,9 +40,9 @@ from .bench.notifications import DiscardingReader
 from .bench.prober import FAILURES, Sample
 from .bench.runner import BenchConfig, BenchResult, run_bench
 from .bench.strategies import RunStrategy
-from .errors import BenchError, ReloadCheckError
+from .errors import BenchError, BindError, ReloadCheckError
 from .proc.spawn import Child
-from .sockets.addresses import TcpAddress
+from .sockets.addresses import TcpAddress, parse_bind
 from .systemd.notify_receiver import NotifyReceiver
 
 __all__ = ["FailedRequest", "ReloadCheckError", "ReloadReport", "check_reloads"]
@@ -118,6 +120,7 @@ def check_reloads(
     connections: int = 8,
     options: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    bind: str = "127.0.0.1:0",
     timeout: float = 30.0,
 ) -> ReloadReport:
     """Run ``target`` under gapless, under load, through ``reloads`` reloads.
@@ -133,6 +136,7 @@ def check_reloads(
         options: more options for ``gapless serve`` or ``gapless run``, e.g.
             ``["--workers", "2"]`` or ``["--ready", "notify"]``.
         env: more environment for the manager and the app.
+        bind: where the app listens, ``HOST:PORT`` (port 0: a free one).
         timeout: seconds any one wait (start, reload, stop) may take.
 
     Returns:
@@ -145,6 +149,7 @@ def check_reloads(
     _check_arguments(target, reloads, duration, rate, connections, timeout)
     name = target if isinstance(target, str) else " ".join(target)
     config = BenchConfig(
+        address=_address(bind),
         reloads=reloads,
         duration=duration,
         rate=rate,
@@ -182,6 +187,18 @@ def _check_arguments(
     for what, count in (("reloads", reloads), ("connections", connections)):
         if count < 1:
             raise ReloadCheckError(f"check_reloads: {what}={count!r}; pass 1 or more")
+
+
+def _address(bind: str) -> TcpAddress:
+    try:
+        address = parse_bind(bind).address
+    except BindError as exc:
+        raise ReloadCheckError(f"check_reloads: {exc}") from None
+    if not isinstance(address, TcpAddress):
+        raise ReloadCheckError(
+            f"check_reloads: bind={bind!r} is no TCP address; pass HOST:PORT, e.g. '127.0.0.1:0'"
+        )
+    return address
 
 
 def _command(target: str | Sequence[str], options: Sequence[str]) -> tuple[list[str], list[str]]:
