@@ -129,3 +129,14 @@ def test_env_reaches_the_app_and_its_failed_start_is_told_in_one_line(
     assert "\n" not in message
     assert message.startswith("check_reloads('serve_app:app'): gapless serve exited with code")
     assert "Application startup failed" in message  # the reason, from its output
+
+
+def test_a_failed_reload_is_told_in_one_line(tmp_path: Path) -> None:
+    started = tmp_path / "started"  # the first generation serves, the next exits 3
+    script = f'[ -e "{started}" ] && exit 3; touch "{started}"; exec "$0" "$1"'
+    command = ["sh", "-c", script, sys.executable, str(APPS / "drop_on_term.py")]
+    with pytest.raises(
+        ReloadCheckError, match=r"gapless reload failed: .*exited with code 3"
+    ) as caught:
+        check_reloads(command, reloads=1, duration=1, timeout=30)
+    assert "\n" not in str(caught.value)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import select
+import shlex
 import socket
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def check_reloads(
             time, a reload that failed or timed out, a manager that did not stop.
     """
     _check_arguments(target, reloads, duration, rate, connections, timeout)
-    name = target if isinstance(target, str) else " ".join(target)
+    name = target if isinstance(target, str) else shlex.join(target)
     config = BenchConfig(
         address=_address(bind),
         reloads=reloads,
