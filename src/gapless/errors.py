@@ -138,6 +138,11 @@ class BenchError(GaplessError):
     """``gapless bench`` could not run: a bad option, a server that never served."""
 
 
+class ReloadCheckError(GaplessError):
+    """``gapless.testing.check_reloads`` could not run its check: a bad argument, an
+    app that exited or was not ready in time, a reload that failed or timed out."""
+
+
 class OptionIgnoredError(ServeError):
     """A ``gapless serve`` option was given that the chosen server would ignore,
     e.g. ``--http h11`` with hypercorn."""

@@ -27,6 +27,7 @@ RANKS = {
     "serving": 7,
     "bench": 8,
     "demo": 9,  # gapless demo is a bench run
+    "testing": 9,  # gapless.testing.check_reloads is a bench run of the caller's app
     "cli": 10,
 }
 # The public API (lazy names) and the stable ``python -m`` entries sit on top.

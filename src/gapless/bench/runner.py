@@ -71,8 +71,9 @@ class BenchResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run_bench(config: BenchConfig) -> BenchResult:
-    """Run the server under ``config.strategy``, under load, through its reloads.
+def run_bench(config: BenchConfig, strategy: Strategy | None = None) -> BenchResult:
+    """Run the server under ``config.strategy`` (or ``strategy``, one made by the
+    caller, as :mod:`gapless.testing` does), under load, through its reloads.
 
     Returns:
         Every prober sample, every reload's timing and wrk's report (if it ran).
@@ -81,7 +82,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
         BenchError: the strategy or command is unusable, the server did not start, a
             reload did not complete in time, or wrk failed.
     """
-    strategy = make_strategy(config.strategy, config.command, timeout=config.timeout)
+    if strategy is None:
+        strategy = make_strategy(config.strategy, config.command, timeout=config.timeout)
     address = concrete_address(config.address)
     server_cpus, load_cpus = split_cpus() if config.pin else ([], [])
     result = BenchResult(config, address, strategy.command, server_cpus=server_cpus)
