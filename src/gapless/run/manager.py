@@ -69,6 +69,7 @@ from .extras import Extra
 from .extras.fdstore import FdStore
 from .extras.handoff import Handoff
 from .extras.health import Health
+from .extras.metrics import Metrics
 from .extras.shutdown_delay import ShutdownDelay
 from .faults import Faults
 from .generations import ReloadResult
@@ -140,7 +141,12 @@ class Manager:
         )
         self._delay = ShutdownDelay(config.shutdown_delay, self._driver, self._log, self._upstream)
         self._health = Health(
-            config.health_bind, self._selector, self._log, self._driver, self._delay
+            config.health_bind,
+            self._selector,
+            self._log,
+            self._driver,
+            self._delay,
+            self._metrics() if config.health_bind is not None else None,
         )
         self._handoff = Handoff(
             config, self._log, self._selector, self._driver, self._delay, self._health, lifeline
@@ -160,6 +166,13 @@ class Manager:
         )
         self._commands = Commands(self._driver, self._log, self._upstream)
         self._clients = Clients(self._selector, self._log, self._command_table())
+
+    def _metrics(self) -> Metrics:
+        """The counters ``/metrics`` shows, fed from now on by the event log."""
+        started_at = time.time() - (time.monotonic() - self._born)
+        metrics = Metrics(started_at, self._upgrades, self._recoveries)
+        self._log.subscribe(metrics)
+        return metrics
 
     def _command_table(self) -> CommandTable:
         table = CommandTable()

@@ -1,10 +1,20 @@
-"""A readiness endpoint for load balancers and Kubernetes: ``--health-bind ADDRESS``.
+"""Health and metrics endpoint for load balancers, Kubernetes and Prometheus:
+``--health-bind ADDRESS``.
 
-Any ``GET`` (or ``HEAD``) on its own socket is answered ``200 serving`` while a
-generation serves and the manager is not stopping, ``503 starting`` before the
-first generation is ready, and ``503 draining`` once a stop was asked for (during
-``--shutdown-delay`` the server still accepts, but the balancer is told to send
-no new work). It runs inside the manager's ``select()`` loop, non-blocking,
+On its own socket, ``GET`` (or ``HEAD``) of:
+
+* ``/ready`` (and ``/``, which deployed probes ask) is answered ``200 serving``
+  while a generation serves and the manager is not stopping, ``503 starting``
+  before the first generation is ready, and ``503 draining`` once a stop was asked
+  for (during ``--shutdown-delay`` the server still accepts, but the balancer is
+  told to send no new work);
+* ``/live`` is ``200 live`` whenever it is answered at all: the manager's loop
+  answers it, so it holds during a slow start and a drain, when restarting the
+  pod would only make things worse;
+* ``/metrics`` is the Prometheus text (gapless.run.extras.metrics);
+* any other path is ``404``.
+
+It runs inside the manager's ``select()`` loop, non-blocking,
 with no thread and no timer; it never touches the server's own sockets (a probe
 through those cannot tell generations apart, nor say "draining").
 
@@ -20,7 +30,7 @@ Example::
 
     health = HealthEndpoint(parse_bind("127.0.0.1:8081"), selector)
     health.state = "serving"
-    # curl -i http://127.0.0.1:8081/  ->  HTTP/1.1 200 OK ... serving
+    # curl -i http://127.0.0.1:8081/ready  ->  HTTP/1.1 200 OK ... serving
 """
 
 from __future__ import annotations
@@ -39,13 +49,18 @@ from ...sockets.listeners import listener_address, open_listener, remove_unix_pa
 from ..driver import Driver
 from ..eventlog import EventLog
 from . import EXEC_REFUSAL, Extra
+from .metrics import CONTENT_TYPE, Metrics
 from .shutdown_delay import ShutdownDelay
 
-__all__ = ["STATES", "Health", "HealthEndpoint"]
+__all__ = ["PATHS", "STATES", "Health", "HealthEndpoint"]
 
 #: The states and the HTTP status each one answers with.
 STATES = {"starting": 503, "serving": 200, "draining": 503}
-_REASONS = {200: "OK", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+#: The paths answered besides ``/metrics``; ``/`` answers as ``/ready`` (probes deployed
+#: before ``/ready`` existed ask ``/``).
+PATHS = ("/", "/ready", "/live")
+METRICS_TYPE = CONTENT_TYPE
 _MAX_REQUEST = 8192
 _MAX_CLIENTS = 64  # past this, the oldest pending probe is dropped
 
@@ -59,6 +74,7 @@ class HealthEndpoint:
         sock: an already listening socket to serve instead (one taken over from the
             previous instance); ``bind`` then only names it.
         on_error: told, in one line, of an unexpected error that dropped a probe.
+        metrics: renders ``/metrics`` for the current state; None: that path is 404.
 
     Raises:
         ListenError: the address could not be opened.
@@ -71,8 +87,10 @@ class HealthEndpoint:
         selector: selectors.BaseSelector,
         sock: socket.socket | None = None,
         on_error: Callable[[str], None] | None = None,
+        metrics: Callable[[str], str] | None = None,
     ) -> None:
         self.state = "starting"
+        self._metrics = metrics
         self._selector = selector
         self._on_error = on_error
         self._sock = open_listener(bind) if sock is None else sock
@@ -176,12 +194,28 @@ class HealthEndpoint:
             self._on_error(f"health endpoint dropped a probe: {type(exc).__name__}: {exc}")
 
     def response(self, request: bytes) -> bytes:
-        """The whole HTTP/1.1 answer to ``request`` in the current state."""
-        code = STATES[self.state]
-        body = f"{self.state}\n".encode()
+        """The whole HTTP/1.1 answer to ``request`` in the current state (see PATHS)."""
+        path = _path(request)
+        if path in ("/", "/ready"):
+            code, body = STATES[self.state], f"{self.state}\n"
+        elif path == "/live":
+            code, body = 200, "live\n"  # answered from the loop: the loop runs
+        elif path == "/metrics" and self._metrics is not None:
+            return self._answer(request, 200, self._metrics(self.state), METRICS_TYPE)
+        else:
+            code, body = 404, f"no {path[:64]!r} here; try {', '.join(self.paths())}\n"
+        return self._answer(request, code, body, "text/plain; charset=utf-8")
+
+    def paths(self) -> list[str]:
+        return [*PATHS, *(["/metrics"] if self._metrics is not None else [])]
+
+    @staticmethod
+    def _answer(request: bytes, code: int, text: str, content_type: str) -> bytes:
+        # Sent in one non-blocking send: the metrics text (a few KiB) fits any socket buffer.
+        body = text.encode()
         head = (
             f"HTTP/1.1 {code} {_REASONS[code]}\r\n"
-            "Content-Type: text/plain\r\n"
+            f"Content-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n"
             "Cache-Control: no-store\r\n"
             "Connection: close\r\n\r\n"
@@ -215,6 +249,7 @@ class Health(Extra):
         log: the event log.
         driver: serving or stopping: what the endpoint says.
         shutdown_delay: while it runs, the endpoint says draining.
+        metrics: what ``/metrics`` shows; None: that path is 404.
     """
 
     def __init__(
@@ -224,8 +259,10 @@ class Health(Extra):
         log: EventLog,
         driver: Driver,
         shutdown_delay: ShutdownDelay,
+        metrics: Metrics | None = None,
     ) -> None:
         self._bind = bind
+        self._metrics = metrics
         self._selector = selector
         self._log = log
         self._driver = driver
@@ -244,7 +281,8 @@ class Health(Extra):
                 sock.close()  # not wanted by this instance's options
             return
         on_error = lambda message: self._log.event("warning", message)  # noqa: E731
-        self.endpoint = HealthEndpoint(self._bind, self._selector, sock, on_error)
+        render = None if self._metrics is None else self._metrics.exposition
+        self.endpoint = HealthEndpoint(self._bind, self._selector, sock, on_error, render)
         if serving:
             self.endpoint.state = "serving"
         where = self.endpoint.address
@@ -269,3 +307,12 @@ class Health(Extra):
         if self.endpoint is not None:
             self.endpoint.close()
             self.endpoint = None
+
+
+def _path(request: bytes) -> str:
+    """The path of the request line, without its query; ``/`` for a request line
+    that cannot be read (a probe cut short is answered as ``/`` always was)."""
+    parts = request.split(b"\n", 1)[0].split()
+    if len(parts) < 2 or not parts[1].startswith(b"/"):
+        return "/"
+    return parts[1].split(b"?", 1)[0].decode(errors="replace")
