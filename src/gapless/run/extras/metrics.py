@@ -63,7 +63,7 @@ class Histogram:
             for bound, count in zip(self.bounds, self.cumulative, strict=True)
         ]
         lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum {_number(self.sum)}")
+        lines.append(f"{name}_sum {_number(round(self.sum, 6))}")  # no float noise
         lines.append(f"{name}_count {self.count}")
         return lines
 
