@@ -11,8 +11,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from manager_harness import DEMO, TIMEOUT, Manager, app, running, write_command
 
+from gapless.run.extras.answers import answer
 from gapless.run.extras.metrics import Histogram, Metrics
 
 HEALTH = ("--health-bind", "127.0.0.1:0")
@@ -166,7 +168,9 @@ def test_counters_move_with_reloads_drains_and_kills(tmp_path: Path) -> None:
     assert check_histogram(families, "gapless_reload_ready_seconds") == 1
     assert check_histogram(families, "gapless_drain_seconds") == 1
     drained = families["gapless_drain_seconds"].value("gapless_drain_seconds_sum")
-    assert 0.5 <= drained < TIMEOUT, "timed from the stop signal to the kill at the deadline"
+    # Timed from the draining event (logged just after the signal) to the kill at the
+    # 0.5 s deadline: about 0.5 s, a little less by the time the signal took.
+    assert 0.3 <= drained < TIMEOUT, drained
     for name in ("drain_connections", "drain_kills", "drain_force_closed_connections"):
         assert families[f"gapless_{name}_total"].value(f"gapless_{name}_total") == 1, name
     assert families["gapless_generation"].value("gapless_generation") == 2
@@ -213,3 +217,49 @@ def test_failures_that_are_not_reloads_are_not_counted() -> None:
     assert families["gapless_manager_upgrades_total"].value("gapless_manager_upgrades_total") == 2
     start = families["gapless_manager_start_time_seconds"]
     assert start.value("gapless_manager_start_time_seconds") == 1000
+
+
+def test_the_endpoint_and_its_counters_survive_an_upgrade_in_place(tmp_path: Path) -> None:
+    """`gapless upgrade` keeps the health socket (same port, never closed) and the
+    counters; the upgrade itself is counted."""
+    with running(tmp_path, DEMO, *HEALTH) as manager:
+        port = health_port(manager)
+        assert manager.call("reload")["ok"]
+        manager.wait_line(r"generation 1 \(pid \d+\) exited")  # its drain is counted
+        before = scrape(port)
+        answer = manager.call("upgrade")
+        assert answer["ok"], answer
+        manager.wait_line("resumed in place")
+        assert get(port, "/ready")[::2] == (200, "serving\n")
+        after = scrape(port)
+    for name in ("gapless_reloads_total", "gapless_drain_seconds", "gapless_generation"):
+        assert after[name].samples == before[name].samples, name
+    assert after["gapless_manager_upgrades_total"].value("gapless_manager_upgrades_total") == 1
+    assert after["gapless_manager_start_time_seconds"].samples == pytest.approx(
+        before["gapless_manager_start_time_seconds"].samples
+    )
+
+
+def test_a_recovery_keeps_the_endpoint_and_counts_itself(tmp_path: Path) -> None:
+    """A bug in the manager's loop re-executes it in place, the health socket too
+    (before, --health-bind made the manager serve on without recovering)."""
+    faults = {**os.environ, "GAPLESS_TEST_FAULTS": "1"}
+    with running(tmp_path, DEMO, *HEALTH, env=faults) as manager:
+        port = health_port(manager)
+        assert manager.call("fault", where="loop")["ok"]
+        manager.wait_line(rf"resumed in place as pid {manager.process.pid}")
+        assert get(port, "/ready")[::2] == (200, "serving\n")
+        families = scrape(port)
+    recoveries = families["gapless_manager_recoveries_total"]
+    assert recoveries.value("gapless_manager_recoveries_total") == 1
+    assert families["gapless_generation"].value("gapless_generation") == 1
+
+
+def test_a_request_line_that_cannot_be_read_is_answered_as_slash() -> None:
+    """A probe cut short (or sent out of fds, see test_health.py) gets the state, as
+    every probe did before paths: never a 404 for a path it did not send."""
+    for request in (b"", b"GET", b"\r\n\r\n", b"GET * HTTP/1.1\r\n\r\n"):
+        assert answer(request, "serving", None).startswith(b"HTTP/1.1 200 OK\r\n"), request
+    missing = answer(b"GET /metrics HTTP/1.1\r\n\r\n", "serving", None)
+    assert missing.startswith(b"HTTP/1.1 404 ")  # no metrics given: no such path
+    assert missing.endswith(b"try /, /ready, /live\n")

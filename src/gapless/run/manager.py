@@ -171,6 +171,9 @@ class Manager:
         """The counters ``/metrics`` shows, fed from now on by the event log."""
         started_at = time.time() - (time.monotonic() - self._born)
         metrics = Metrics(started_at, self._upgrades, self._recoveries)
+        carried = None if self._resume is None else self._resume.get("health")
+        if carried is not None and carried.get("metrics") is not None:
+            metrics.restore(carried["metrics"])  # the counters before the exec in place
         self._log.subscribe(metrics)
         return metrics
 
@@ -257,6 +260,7 @@ class Manager:
         self._driver.start(self._listeners, receiver, boot=self._resume is None)
         if self._resume is not None:
             self._driver.adopt(self._resume)
+            self._health.tick(time.monotonic())  # say serving before the first probe
 
     def _claim_pid_file(self, path: str) -> None:
         """Write the PID file; raises PidFileError before generation 1 only. Resumed
@@ -304,7 +308,10 @@ class Manager:
         self._selector.register(control, selectors.EVENT_READ, on_control)
         for extra in reversed(self._extras):  # first the handoff: it may disown paths
             stack.callback(extra.close)
-        self._health.open(self._handoff.lent("health"), serving=self._handoff.taking_over)
+        if state is None:
+            self._health.open(self._handoff.lent("health"), serving=self._handoff.taking_over)
+        else:
+            self._health.adopt(state.get("health"))  # kept across the exec
         self._handoff.serve(self._listeners, control)
         self._fdstore.store(self._listeners)
         return receiver
@@ -395,6 +402,7 @@ class Manager:
             upgrades=self._upgrades,
             recoveries=self._recoveries,
             recovered_at=self._recovered_at,
+            health=self._health.export(),
         )
 
 

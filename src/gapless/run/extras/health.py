@@ -41,26 +41,20 @@ import errno
 import os
 import selectors
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...sockets.addresses import Bind
 from ...sockets.listeners import listener_address, open_listener, remove_unix_path, stamp_unix_path
 from ..driver import Driver
 from ..eventlog import EventLog
-from . import EXEC_REFUSAL, Extra
-from .metrics import CONTENT_TYPE, Metrics
+from . import Extra
+from .answers import PATHS, STATES, answer
+from .metrics import Metrics
 from .shutdown_delay import ShutdownDelay
 
 __all__ = ["PATHS", "STATES", "Health", "HealthEndpoint"]
 
-#: The states and the HTTP status each one answers with.
-STATES = {"starting": 503, "serving": 200, "draining": 503}
-_REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
-#: The paths answered besides ``/metrics``; ``/`` answers as ``/ready`` (probes deployed
-#: before ``/ready`` existed ask ``/``).
-PATHS = ("/", "/ready", "/live")
-METRICS_TYPE = CONTENT_TYPE
 _MAX_REQUEST = 8192
 _MAX_CLIENTS = 64  # past this, the oldest pending probe is dropped
 
@@ -116,6 +110,10 @@ class HealthEndpoint:
         if not self.accepting:
             self._selector.register(self._sock, selectors.EVENT_READ, self._on_accept)
             self.accepting = True
+
+    @property
+    def owns_path(self) -> bool:
+        return self._stamp is not None
 
     def own_path(self, owned: bool) -> None:
         """Whether :meth:`close` removes a unix socket path (see gapless.sockets.handoff)."""
@@ -194,33 +192,8 @@ class HealthEndpoint:
             self._on_error(f"health endpoint dropped a probe: {type(exc).__name__}: {exc}")
 
     def response(self, request: bytes) -> bytes:
-        """The whole HTTP/1.1 answer to ``request`` in the current state (see PATHS)."""
-        path = _path(request)
-        if path in ("/", "/ready"):
-            code, body = STATES[self.state], f"{self.state}\n"
-        elif path == "/live":
-            code, body = 200, "live\n"  # answered from the loop: the loop runs
-        elif path == "/metrics" and self._metrics is not None:
-            return self._answer(request, 200, self._metrics(self.state), METRICS_TYPE)
-        else:
-            code, body = 404, f"no {path[:64]!r} here; try {', '.join(self.paths())}\n"
-        return self._answer(request, code, body, "text/plain; charset=utf-8")
-
-    def paths(self) -> list[str]:
-        return [*PATHS, *(["/metrics"] if self._metrics is not None else [])]
-
-    @staticmethod
-    def _answer(request: bytes, code: int, text: str, content_type: str) -> bytes:
-        # Sent in one non-blocking send: the metrics text (a few KiB) fits any socket buffer.
-        body = text.encode()
-        head = (
-            f"HTTP/1.1 {code} {_REASONS[code]}\r\n"
-            f"Content-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Cache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        return head if request.startswith(b"HEAD ") else head + body
+        """The whole HTTP/1.1 answer to ``request`` in the current state (see .answers)."""
+        return answer(request, self.state, self._metrics)
 
     def _drop(self, client: socket.socket) -> None:
         self._clients.pop(client, None)
@@ -300,19 +273,31 @@ class Health(Extra):
     def status(self) -> dict[str, Any]:
         return {"health": None if self.endpoint is None else self.endpoint.state}
 
-    def upgrade_refusal(self) -> str | None:
-        return None if self.endpoint is None else EXEC_REFUSAL
+    def export(self) -> dict[str, Any] | None:
+        """What an exec in place carries over (gapless.run.reexec): the socket's fd,
+        whether its unix path is ours to remove, the counters; None: off."""
+        if self.endpoint is None:
+            return None
+        metrics = None if self._metrics is None else self._metrics.export()
+        return {
+            "fd": self.endpoint.sock.fileno(),
+            "owned": self.endpoint.owns_path,
+            "metrics": metrics,
+        }
+
+    def adopt(self, state: Mapping[str, Any] | None) -> None:
+        """After an exec in place: serve the socket ``state`` (from :meth:`export`)
+        names, never closed meanwhile, so no probe was refused.
+
+        Raises:
+            ListenError: there was none (``--health-bind`` came with the exec) and
+                the address could not be opened.
+        """
+        self.open(None if state is None else socket.socket(fileno=int(state["fd"])), False)
+        if state is not None and self.endpoint is not None:
+            self.endpoint.own_path(bool(state["owned"]))
 
     def close(self) -> None:
         if self.endpoint is not None:
             self.endpoint.close()
             self.endpoint = None
-
-
-def _path(request: bytes) -> str:
-    """The path of the request line, without its query; ``/`` for a request line
-    that cannot be read (a probe cut short is answered as ``/`` always was)."""
-    parts = request.split(b"\n", 1)[0].split()
-    if len(parts) < 2 or not parts[1].startswith(b"/"):
-        return "/"
-    return parts[1].split(b"?", 1)[0].decode(errors="replace")

@@ -12,9 +12,9 @@ deadline); workers a leader leaves behind are not waited for in the figure.
 Connections are what the manager reads from /proc at the drain's start and at
 the kill (gapless.sockets.connections), not what the server closed in between.
 
-The counters live as long as the manager process: ``gapless upgrade`` (an exec
-in place) is refused while the health socket is open, so they never need to
-cross one; a ``--handoff`` successor starts its own from zero.
+The counters cross an exec in place (``gapless upgrade``, a recovery) with the
+health socket (:meth:`Metrics.export`, :meth:`Metrics.restore`); a ``--handoff``
+successor is a new process and starts its own from zero.
 
 Example::
 
@@ -56,6 +56,15 @@ class Histogram:
                 self.cumulative[index] += 1
         self.sum += value
         self.count += 1
+
+    def export(self) -> dict[str, Any]:
+        return {"cumulative": self.cumulative, "sum": self.sum, "count": self.count}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take the counts :meth:`export` gave, if the bounds are still the same."""
+        if len(state["cumulative"]) == len(self.bounds):
+            self.cumulative = [int(count) for count in state["cumulative"]]
+            self.sum, self.count = float(state["sum"]), int(state["count"])
 
     def samples(self, name: str) -> list[str]:
         lines = [
@@ -99,6 +108,32 @@ class Metrics:
         self.force_closed = 0
         self._spawned: dict[int, float] = {}  # generation -> unix start time
         self._draining: dict[int, float] = {}  # generation -> monotonic drain start
+
+    # Across an exec in place (gapless upgrade, a recovery) ----------------------
+
+    def export(self) -> dict[str, Any]:
+        """The counters as JSON values, for :meth:`restore` in the exec'd manager."""
+        return {
+            "generation": self.generation,
+            "generation_started": self.generation_started,
+            "reloads": self.reloads,
+            "ready_seconds": self.ready_seconds.export(),
+            "drain_seconds": self.drain_seconds.export(),
+            "drain": [self.drain_connections, self.drain_kills, self.force_closed],
+            "spawned": list(self._spawned.items()),
+            "draining": list(self._draining.items()),  # CLOCK_MONOTONIC: the same after it
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Carry on counting from ``state`` (see :meth:`export`)."""
+        self.generation = int(state["generation"])
+        self.generation_started = state["generation_started"]
+        self.reloads = {str(outcome): int(count) for outcome, count in state["reloads"].items()}
+        self.ready_seconds.restore(state["ready_seconds"])
+        self.drain_seconds.restore(state["drain_seconds"])
+        self.drain_connections, self.drain_kills, self.force_closed = state["drain"]
+        self._spawned = {int(gen): float(when) for gen, when in state["spawned"]}
+        self._draining = {int(gen): float(when) for gen, when in state["draining"]}
 
     # The event log's subscriber interface -------------------------------------
 
