@@ -173,7 +173,11 @@ class Manager:
         metrics = Metrics(started_at, self._upgrades, self._recoveries)
         carried = None if self._resume is None else self._resume.get("health")
         if carried is not None and carried.get("metrics") is not None:
-            metrics.restore(carried["metrics"])  # the counters before the exec in place
+            try:
+                metrics.restore(carried["metrics"])  # the counters before the exec in place
+            except (KeyError, TypeError, ValueError) as exc:  # another version's: not fatal
+                metrics = Metrics(started_at, self._upgrades, self._recoveries)
+                self._log.event("warning", f"metrics not carried over ({exc!r}); from zero")
         self._log.subscribe(metrics)
         return metrics
 
