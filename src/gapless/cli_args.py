@@ -275,7 +275,8 @@ RESTART_OPTIONS = (
     ),
     Option(
         "--health-bind",
-        "answer HTTP GET here: 200 serving, 503 starting or draining",
+        "answer HTTP here: /ready (and /) 200 serving, 503 starting or draining; "
+        "/live 200; /metrics in Prometheus text",
         type=bind,
         metavar="ADDRESS",
     ),

@@ -432,11 +432,13 @@ class Driver:
 
     def _kill(self, action: KillGroup) -> None:
         proc = self._process(action.generation)
+        held = self._connections.count(group_members(proc.pid))  # cut by the kill (metrics)
         proc.child.kill_group(signal.SIGKILL)
         self._log.event(
             "killed",
             f"generation {action.generation} killed (SIGKILL to group {proc.pid}): {action.reason}",
             generation=action.generation,
+            connections=held,
         )
 
     def _report(self, action: ReportReload) -> None:
@@ -446,7 +448,8 @@ class Driver:
         if not result.ok:
             last = f"; its last stderr line: {stderr[-1]!r}" if stderr else ""
             what = "start" if result.generation == 1 else "reload"
-            self._log.event("failed", f"{what} failed: {result.reason}{last}", stderr=stderr)
+            message = f"{what} failed: {result.reason}{last}"
+            self._log.event("failed", message, stderr=stderr, generation=result.generation)
         self._on_report(result, stderr)
 
     def _exit(self, action: Exit) -> None:

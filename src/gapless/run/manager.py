@@ -69,6 +69,7 @@ from .extras import Extra
 from .extras.fdstore import FdStore
 from .extras.handoff import Handoff
 from .extras.health import Health
+from .extras.metrics import Metrics
 from .extras.shutdown_delay import ShutdownDelay
 from .faults import Faults
 from .generations import ReloadResult
@@ -140,7 +141,12 @@ class Manager:
         )
         self._delay = ShutdownDelay(config.shutdown_delay, self._driver, self._log, self._upstream)
         self._health = Health(
-            config.health_bind, self._selector, self._log, self._driver, self._delay
+            config.health_bind,
+            self._selector,
+            self._log,
+            self._driver,
+            self._delay,
+            self._metrics() if config.health_bind is not None else None,
         )
         self._handoff = Handoff(
             config, self._log, self._selector, self._driver, self._delay, self._health, lifeline
@@ -160,6 +166,20 @@ class Manager:
         )
         self._commands = Commands(self._driver, self._log, self._upstream)
         self._clients = Clients(self._selector, self._log, self._command_table())
+
+    def _metrics(self) -> Metrics:
+        """The counters ``/metrics`` shows, fed from now on by the event log."""
+        started_at = time.time() - (time.monotonic() - self._born)
+        metrics = Metrics(started_at, self._upgrades, self._recoveries)
+        carried = None if self._resume is None else self._resume.get("health")
+        if carried is not None and carried.get("metrics") is not None:
+            try:
+                metrics.restore(carried["metrics"])  # the counters before the exec in place
+            except (KeyError, TypeError, ValueError) as exc:  # another version's: not fatal
+                metrics = Metrics(started_at, self._upgrades, self._recoveries)
+                self._log.event("warning", f"metrics not carried over ({exc!r}); from zero")
+        self._log.subscribe(metrics)
+        return metrics
 
     def _command_table(self) -> CommandTable:
         table = CommandTable()
@@ -244,6 +264,7 @@ class Manager:
         self._driver.start(self._listeners, receiver, boot=self._resume is None)
         if self._resume is not None:
             self._driver.adopt(self._resume)
+            self._health.tick(time.monotonic())  # say serving before the first probe
 
     def _claim_pid_file(self, path: str) -> None:
         """Write the PID file; raises PidFileError before generation 1 only. Resumed
@@ -291,7 +312,10 @@ class Manager:
         self._selector.register(control, selectors.EVENT_READ, on_control)
         for extra in reversed(self._extras):  # first the handoff: it may disown paths
             stack.callback(extra.close)
-        self._health.open(self._handoff.lent("health"), serving=self._handoff.taking_over)
+        if state is None:
+            self._health.open(self._handoff.lent("health"), serving=self._handoff.taking_over)
+        else:
+            self._health.adopt(state.get("health"))  # kept across the exec
         self._handoff.serve(self._listeners, control)
         self._fdstore.store(self._listeners)
         return receiver
@@ -382,6 +406,7 @@ class Manager:
             upgrades=self._upgrades,
             recoveries=self._recoveries,
             recovered_at=self._recovered_at,
+            health=self._health.export(),
         )
 
 

@@ -6,9 +6,9 @@ A new gapless version (or a new virtualenv) replaces the running manager with
 and its children stay; only the code changes. Before the exec the manager
 writes its state (the generations, their pids and deadlines, which fd is which
 socket) as JSON to a memfd, clears close-on-exec on the fds that must survive
-(listeners, control socket, notify socket, each child's stderr pipe, the
-watchdog's pipe) and blocks the signals it handles, so none hits a default
-action while no handler exists;
+(listeners, control socket, notify socket, the ``--health-bind`` socket, each
+child's stderr pipe, the watchdog's pipe) and blocks the signals it handles, so
+none hits a default action while no handler exists;
 the new process (``python -m gapless.reexec FD``) adopts everything, installs
 its handlers and unblocks them, and the pending signals (a SIGCHLD, a HUP) are
 delivered then.
@@ -118,6 +118,7 @@ class Handover:
     upgrades: int
     recoveries: int = 0
     recovered_at: tuple[float, ...] = ()  # monotonic times of the recent recoveries
+    health: Mapping[str, Any] | None = None  # --health-bind's socket fd and counters
 
 
 def export_state(handover: Handover) -> tuple[dict[str, Any], list[int]]:
@@ -149,7 +150,9 @@ def export_state(handover: Handover) -> tuple[dict[str, Any], list[int]]:
         "stopping": generations["stopping"],
         "queued": generations["queued"],
         "watchdog": generations["watchdog"],
+        "health": handover.health,
     }
     fds = [control.fileno(), receiver.fileno()]
+    fds += [] if handover.health is None else [int(handover.health["fd"])]
     fds += [item.sock.fileno() for item in handover.listeners]
     return state, fds + generation_fds

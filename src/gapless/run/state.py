@@ -16,6 +16,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..sockets.addresses import parse_bind
 from ..sockets.listeners import UnixPathStamp, adopt_listener
 from .children import GenerationProcess
 from .config import Listener, ManagerConfig
@@ -122,6 +123,8 @@ def config_to_json(config: ManagerConfig) -> dict[str, Any]:
         "log_format": config.log_format,
         "shutdown_delay": config.shutdown_delay,
         "warm": config.warm,
+        # Its socket travels open (Health.export): the bind only names it then.
+        "health_bind": None if config.health_bind is None else str(config.health_bind),
     }
 
 
@@ -138,6 +141,7 @@ def config_from_json(value: Mapping[str, Any], control_path: str) -> ManagerConf
         log_format=value["log_format"],
         shutdown_delay=value.get("shutdown_delay", 0.0),
         warm=value.get("warm", False),
+        health_bind=None if value.get("health_bind") is None else parse_bind(value["health_bind"]),
     )
 
 

@@ -3,7 +3,8 @@ systemd or an orchestrator), each feature its own small object, off by default:
 
 * :mod:`.handoff`: ``--handoff[=PATH]``, taking over from a running instance
   and handing over to the next one (with :mod:`.handoff_host` and :mod:`.front`);
-* :mod:`.health`: ``--health-bind ADDRESS``, the readiness endpoint;
+* :mod:`.health`: ``--health-bind ADDRESS``, the readiness, liveness and metrics
+  endpoint (with :mod:`.answers` and :mod:`.metrics`);
 * :mod:`.shutdown_delay`: ``--shutdown-delay S``;
 * :mod:`.fdstore`: the listeners kept in systemd's fd store.
 
@@ -18,9 +19,9 @@ from typing import Any
 
 __all__ = ["EXEC_REFUSAL", "Extra"]
 
-#: Why ``gapless upgrade`` refuses while a handoff or health socket is open.
+#: Why ``gapless upgrade`` refuses while a handoff socket is open.
 EXEC_REFUSAL = (
-    "--handoff and --health-bind sockets are not kept across an exec; "
+    "--handoff sockets are not kept across an exec; "
     "restart through the supervisor instead (--handoff keeps every socket)"
 )
 

@@ -1,10 +1,20 @@
-"""A readiness endpoint for load balancers and Kubernetes: ``--health-bind ADDRESS``.
+"""Health and metrics endpoint for load balancers, Kubernetes and Prometheus:
+``--health-bind ADDRESS``.
 
-Any ``GET`` (or ``HEAD``) on its own socket is answered ``200 serving`` while a
-generation serves and the manager is not stopping, ``503 starting`` before the
-first generation is ready, and ``503 draining`` once a stop was asked for (during
-``--shutdown-delay`` the server still accepts, but the balancer is told to send
-no new work). It runs inside the manager's ``select()`` loop, non-blocking,
+On its own socket, ``GET`` (or ``HEAD``) of:
+
+* ``/ready`` (and ``/``, which deployed probes ask) is answered ``200 serving``
+  while a generation serves and the manager is not stopping, ``503 starting``
+  before the first generation is ready, and ``503 draining`` once a stop was asked
+  for (during ``--shutdown-delay`` the server still accepts, but the balancer is
+  told to send no new work);
+* ``/live`` is ``200 live`` whenever it is answered at all: the manager's loop
+  answers it, so it holds during a slow start and a drain, when restarting the
+  pod would only make things worse;
+* ``/metrics`` is the Prometheus text (gapless.run.extras.metrics);
+* any other path is ``404``.
+
+It runs inside the manager's ``select()`` loop, non-blocking,
 with no thread and no timer; it never touches the server's own sockets (a probe
 through those cannot tell generations apart, nor say "draining").
 
@@ -20,7 +30,7 @@ Example::
 
     health = HealthEndpoint(parse_bind("127.0.0.1:8081"), selector)
     health.state = "serving"
-    # curl -i http://127.0.0.1:8081/  ->  HTTP/1.1 200 OK ... serving
+    # curl -i http://127.0.0.1:8081/ready  ->  HTTP/1.1 200 OK ... serving
 """
 
 from __future__ import annotations
@@ -31,21 +41,20 @@ import errno
 import os
 import selectors
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...sockets.addresses import Bind
 from ...sockets.listeners import listener_address, open_listener, remove_unix_path, stamp_unix_path
 from ..driver import Driver
 from ..eventlog import EventLog
-from . import EXEC_REFUSAL, Extra
+from . import Extra
+from .answers import PATHS, STATES, answer
+from .metrics import Metrics
 from .shutdown_delay import ShutdownDelay
 
-__all__ = ["STATES", "Health", "HealthEndpoint"]
+__all__ = ["PATHS", "STATES", "Health", "HealthEndpoint"]
 
-#: The states and the HTTP status each one answers with.
-STATES = {"starting": 503, "serving": 200, "draining": 503}
-_REASONS = {200: "OK", 503: "Service Unavailable"}
 _MAX_REQUEST = 8192
 _MAX_CLIENTS = 64  # past this, the oldest pending probe is dropped
 
@@ -59,6 +68,7 @@ class HealthEndpoint:
         sock: an already listening socket to serve instead (one taken over from the
             previous instance); ``bind`` then only names it.
         on_error: told, in one line, of an unexpected error that dropped a probe.
+        metrics: renders ``/metrics`` for the current state; None: that path is 404.
 
     Raises:
         ListenError: the address could not be opened.
@@ -71,8 +81,10 @@ class HealthEndpoint:
         selector: selectors.BaseSelector,
         sock: socket.socket | None = None,
         on_error: Callable[[str], None] | None = None,
+        metrics: Callable[[str], str] | None = None,
     ) -> None:
         self.state = "starting"
+        self._metrics = metrics
         self._selector = selector
         self._on_error = on_error
         self._sock = open_listener(bind) if sock is None else sock
@@ -98,6 +110,10 @@ class HealthEndpoint:
         if not self.accepting:
             self._selector.register(self._sock, selectors.EVENT_READ, self._on_accept)
             self.accepting = True
+
+    @property
+    def owns_path(self) -> bool:
+        return self._stamp is not None
 
     def own_path(self, owned: bool) -> None:
         """Whether :meth:`close` removes a unix socket path (see gapless.sockets.handoff)."""
@@ -176,17 +192,8 @@ class HealthEndpoint:
             self._on_error(f"health endpoint dropped a probe: {type(exc).__name__}: {exc}")
 
     def response(self, request: bytes) -> bytes:
-        """The whole HTTP/1.1 answer to ``request`` in the current state."""
-        code = STATES[self.state]
-        body = f"{self.state}\n".encode()
-        head = (
-            f"HTTP/1.1 {code} {_REASONS[code]}\r\n"
-            "Content-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Cache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        return head if request.startswith(b"HEAD ") else head + body
+        """The whole HTTP/1.1 answer to ``request`` in the current state (see .answers)."""
+        return answer(request, self.state, self._metrics)
 
     def _drop(self, client: socket.socket) -> None:
         self._clients.pop(client, None)
@@ -215,6 +222,7 @@ class Health(Extra):
         log: the event log.
         driver: serving or stopping: what the endpoint says.
         shutdown_delay: while it runs, the endpoint says draining.
+        metrics: what ``/metrics`` shows; None: that path is 404.
     """
 
     def __init__(
@@ -224,8 +232,10 @@ class Health(Extra):
         log: EventLog,
         driver: Driver,
         shutdown_delay: ShutdownDelay,
+        metrics: Metrics | None = None,
     ) -> None:
         self._bind = bind
+        self._metrics = metrics
         self._selector = selector
         self._log = log
         self._driver = driver
@@ -244,7 +254,8 @@ class Health(Extra):
                 sock.close()  # not wanted by this instance's options
             return
         on_error = lambda message: self._log.event("warning", message)  # noqa: E731
-        self.endpoint = HealthEndpoint(self._bind, self._selector, sock, on_error)
+        render = None if self._metrics is None else self._metrics.exposition
+        self.endpoint = HealthEndpoint(self._bind, self._selector, sock, on_error, render)
         if serving:
             self.endpoint.state = "serving"
         where = self.endpoint.address
@@ -262,8 +273,29 @@ class Health(Extra):
     def status(self) -> dict[str, Any]:
         return {"health": None if self.endpoint is None else self.endpoint.state}
 
-    def upgrade_refusal(self) -> str | None:
-        return None if self.endpoint is None else EXEC_REFUSAL
+    def export(self) -> dict[str, Any] | None:
+        """What an exec in place carries over (gapless.run.reexec): the socket's fd,
+        whether its unix path is ours to remove, the counters; None: off."""
+        if self.endpoint is None:
+            return None
+        metrics = None if self._metrics is None else self._metrics.export()
+        return {
+            "fd": self.endpoint.sock.fileno(),
+            "owned": self.endpoint.owns_path,
+            "metrics": metrics,
+        }
+
+    def adopt(self, state: Mapping[str, Any] | None) -> None:
+        """After an exec in place: serve the socket ``state`` (from :meth:`export`)
+        names, never closed meanwhile, so no probe was refused.
+
+        Raises:
+            ListenError: there was none (``--health-bind`` came with the exec) and
+                the address could not be opened.
+        """
+        self.open(None if state is None else socket.socket(fileno=int(state["fd"])), False)
+        if state is not None and self.endpoint is not None:
+            self.endpoint.own_path(bool(state["owned"]))
 
     def close(self) -> None:
         if self.endpoint is not None:
