@@ -122,6 +122,10 @@ def config_to_json(config: ManagerConfig) -> dict[str, Any]:
         "log_format": config.log_format,
         "shutdown_delay": config.shutdown_delay,
         "warm": config.warm,
+        "before_reload": config.before_reload,
+        "on_ready": config.on_ready,
+        "on_reload_failed": config.on_reload_failed,
+        "hook_timeout": config.hook_timeout,
     }
 
 
@@ -138,6 +142,10 @@ def config_from_json(value: Mapping[str, Any], control_path: str) -> ManagerConf
         log_format=value["log_format"],
         shutdown_delay=value.get("shutdown_delay", 0.0),
         warm=value.get("warm", False),
+        before_reload=value.get("before_reload"),
+        on_ready=value.get("on_ready"),
+        on_reload_failed=value.get("on_reload_failed"),
+        hook_timeout=value.get("hook_timeout", 30.0),
     )
 
 
