@@ -47,7 +47,7 @@ __all__ = ["HOOK_TIMEOUT", "SHELL", "HookCommands", "HookRun", "Hooks"]
 HOOK_TIMEOUT = 30.0
 SHELL = "/bin/sh"
 _MAX_LINE = 8192
-_SHOWN = 60  # characters of a command quoted in a message
+_SHOWN = 120  # characters of a command quoted in a message
 
 OnDone = Callable[[str | None], None]
 
@@ -206,11 +206,14 @@ class HookRun:
     def _outcome(self) -> str | None:
         assert self._process is not None
         code = self._process.returncode
-        took = f"{(time.monotonic() - self.started) * 1000:.0f} ms"
+        how = f"exited {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
+        if self._answered:  # killed at its timeout, and answered then
+            self._log.event("hook", f"{self._label} (pid {self.pid}) {how}", hook=self.name)
+            return None
         if code == 0:
+            took = f"{(time.monotonic() - self.started) * 1000:.0f} ms"
             self._log.event("hook", f"{self._label} exited 0 after {took}", hook=self.name)
             return None
-        how = f"exited {code}" if code > 0 else f"killed by {_signal_name(-code)}"
         last = f": {self._tail[-1]}" if self._tail else ""
         return f"{self._label} {how}{last}"
 
