@@ -8,6 +8,7 @@ import re
 import select
 import selectors
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -192,6 +193,21 @@ def test_hooks_survive_an_upgrade_in_place(tmp_path: Path) -> None:
     assert (
         answer["error"] == f"generation 2 not started: before-reload hook `{hook}` exited 7: vetoed"
     )
+
+
+def test_an_upgrade_is_refused_while_a_hook_runs(tmp_path: Path) -> None:
+    with running(tmp_path, DEMO, "--on-ready", "exec sleep 1000") as manager:
+        pid = manager.wait_line(r"on-ready hook `exec sleep 1000` started as pid (\d+)").group(1)
+        answer = manager.call("upgrade")
+        assert manager.status()["manager"]["upgrades"] == 0
+        manager.signal(signal.SIGTERM)
+        assert manager.wait() == 0
+    assert answer["error"] == (
+        f"cannot upgrade now: the on-ready hook `exec sleep 1000` runs (pid {pid}); "
+        "retry in a moment"
+    )
+    assert wait_exit(int(pid))  # killed as the manager exits
+    assert any(f"on-ready hook (pid {pid}) killed: the manager exits" in x for x in manager.lines)
 
 
 def test_a_hook_that_cannot_be_started_is_one_line_and_a_failure(tmp_path: Path) -> None:
