@@ -80,6 +80,15 @@ def test_a_passing_before_reload_hook_runs_to_its_end_before_the_generation_star
     assert "GAPLESS_REASON" not in env
 
 
+def test_the_replacement_of_a_generation_that_died_does_not_wait_for_before_reload(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path, DEMO, "--before-reload", "exit 1") as manager:
+        os.kill(manager.status()["generations"][0]["pid"], signal.SIGKILL)
+        manager.wait_line(r"generation 2 ready after")
+    assert not any("before-reload hook" in line for line in manager.lines)
+
+
 def test_on_ready_gets_the_generation_its_pid_and_the_manager_pid(tmp_path: Path) -> None:
     hook = f"env > {shlex.quote(str(tmp_path))}/ready-$GAPLESS_GENERATION.env"
     with running(tmp_path, DEMO, "--on-ready", hook) as manager:

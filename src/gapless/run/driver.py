@@ -407,12 +407,12 @@ class Driver:
 
     def _hook_done(self, number: int, problem: str | None) -> None:
         """The before-reload hook of ``number`` ended: fail the reload, or spawn."""
-        if problem is not None:
-            self.feed(SpawnFailed(number, f"generation {number} not started: {problem}"))
-            return
         gen = self._machine.generations.get(number)
         if gen is None or gen.state is not GenState.STARTING:
             return  # cancelled meanwhile
+        if problem is not None:
+            self.feed(SpawnFailed(number, f"generation {number} not started: {problem}"))
+            return
         gen.started = time.monotonic()
         gen.ready_deadline = gen.started + self.config.ready_timeout
         self._start_generation(number)

@@ -129,8 +129,9 @@ class HookRun:
         self._selector.register(self._pidfd, selectors.EVENT_READ, self.collect)
 
     def _read(self, fd: int) -> bool:
-        """Relay what is in the pipe now; False once it is at its end."""
-        while True:
+        """Relay what is in the pipe now, a bounded amount (a chatty hook must not
+        starve the loop); False once it is at its end."""
+        for _ in range(16):
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
@@ -141,6 +142,7 @@ class HookRun:
                 del self._streams[fd]
                 return False
             self._relay(fd, self._partial.pop(fd, b"") + data, whole=False)
+        return True
 
     def _relay(self, fd: int, data: bytes, whole: bool) -> None:
         *lines, partial = data.split(b"\n")
@@ -154,7 +156,12 @@ class HookRun:
             if stream == "stderr" and text.strip():
                 self._tail.append(text.strip())
             self._log.event(
-                "hook-output", f"[hook {self.name}] {text}", hook=self.name, stream=stream
+                "hook-output",
+                f"[hook {self.name}] {text}",
+                hook=self.name,
+                pid=self.pid,
+                stream=stream,
+                line=text,
             )
 
     def collect(self) -> None:
