@@ -244,6 +244,35 @@ def test_a_hook_that_cannot_be_started_is_one_line_and_a_failure(tmp_path: Path)
     assert nothing_more
 
 
+def test_an_output_event_in_the_round_the_hook_exited_in_is_ignored(tmp_path: Path) -> None:
+    """Its pipe's event, returned by the same select() as its pidfd's, comes after the
+    pipes were closed: it must not read a closed fd (nor another file reusing it)."""
+    read, write = os.pipe()
+    outcomes: list[str | None] = []
+    with selectors.DefaultSelector() as selector:
+        run = HookRun("on-ready", "echo hi", {}, selector, EventLog("text", fd=write), 5.0)
+        run_done = HookRun(
+            "before-reload", "exit 0", {}, selector, EventLog("text", fd=write), 5.0,
+            outcomes.append,
+        )  # fmt: skip
+        assert run.pid is not None and run_done.pid is not None
+        for pid in (run.pid, run_done.pid):
+            pidfd = os.pidfd_open(pid)
+            assert select.select([pidfd], [], [], TIMEOUT)[0], "the hook did not exit"
+            os.close(pidfd)
+        keys = [key for key, _ in selector.select(0)]
+        keys.sort(key=lambda key: key.data not in (run.collect, run_done.collect))
+        assert keys[0].data in (run.collect, run_done.collect) and len(keys) > 2
+        for key in keys:
+            key.data()
+        assert run.over and run_done.over and not selector.get_map()
+    lines = [read_line(read).decode() for _ in range(5)]
+    os.close(read)
+    os.close(write)
+    assert outcomes == [None]
+    assert any(line.endswith(": [hook on-ready] hi\n") for line in lines), lines
+
+
 def test_hook_options_are_parsed_for_run_and_serve_and_an_empty_one_refused() -> None:
     parser = build_parser()
     hooks = ["--before-reload", "nginx -t", "--on-ready", "true", "--hook-timeout", "2m"]

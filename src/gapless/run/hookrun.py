@@ -131,6 +131,10 @@ class HookRun:
     def _read(self, fd: int) -> bool:
         """Relay what is in the pipe now, a bounded amount (a chatty hook must not
         starve the loop); False once it is at its end."""
+        if fd not in self._streams:
+            # A stale event: the pidfd's, in the same select() round, closed the pipe
+            # (and its number may name another file by now).
+            return False
         for _ in range(16):
             try:
                 data = os.read(fd, 65536)
