@@ -65,7 +65,7 @@ from .generations import (
     StartRejected,
     StopRequested,
 )
-from .hooks import HookCommands, Hooks
+from .hooks import SHELL, HookCommands, Hooks
 from .processes import Processes, ProcessesFactory
 from .readiness import Readiness
 from .state import adopt_generations, export_generations, unadoptable
@@ -92,6 +92,7 @@ class Driver:
         children: makes the generations' processes from the driver's exit callback;
             None: the real :class:`~gapless.run.children.Children` (a test may give
             a fake, see gapless.run.processes).
+        hook_shell: what runs the hooks' commands (a test names a missing one).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class Driver:
         on_report: Reporter,
         faults: Faults | None = None,
         children: ProcessesFactory | None = None,
+        hook_shell: str = SHELL,
     ) -> None:
         self.config = config
         self._environ = dict(environ)
@@ -116,7 +118,7 @@ class Driver:
         commands = HookCommands(
             config.before_reload, config.on_ready, config.on_reload_failed, config.hook_timeout
         )
-        self._hooks = Hooks(commands, self._environ, selector, log)
+        self._hooks = Hooks(commands, self._environ, selector, log, hook_shell)
         self._hook_due = False  # a reload was asked for: its spawn waits for before-reload
         self._children: Processes
         if children is None:
