@@ -3,6 +3,7 @@ what it saw to a file, and every wait is on a line of the manager's log."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -202,6 +203,22 @@ def test_hooks_survive_an_upgrade_in_place(tmp_path: Path) -> None:
     assert (
         answer["error"] == f"generation 2 not started: before-reload hook `{hook}` exited 7: vetoed"
     )
+
+
+def test_hook_output_in_json_logs_is_one_object_per_line(tmp_path: Path) -> None:
+    options = ("--log-format", "json", "--on-ready", "echo to-out; echo to-err >&2")
+    with running(tmp_path, DEMO, *options, ready_line=r'"event": "ready"') as manager:
+        manager.wait_line(r'"message": "on-ready hook .* exited 0')
+    records = [json.loads(line) for line in manager.lines if '"hook-output"' in line]
+    pid = next(json.loads(x)["pid"] for x in manager.lines if '"on-ready hook ' in x)
+    # Two pipes: which one the manager reads first is not fixed.
+    assert sorted((r["stream"], r["line"], r["hook"], r["pid"]) for r in records) == [
+        ("stderr", "to-err", "on-ready", pid),
+        ("stdout", "to-out", "on-ready", pid),
+    ]
+    for record in records:
+        assert record["level"] == "info"
+        assert record["message"] == f"[hook on-ready] {record['line']}"
 
 
 def test_an_upgrade_is_refused_while_a_hook_runs(tmp_path: Path) -> None:
