@@ -11,6 +11,8 @@ Over 300 lines on purpose: the usage of every subcommand sits in one file, so
                 [--drain-timeout SECONDS] [--stop-signal SIGNAL] [--log-format text|json]
                 [--handoff[=PATH]] [--handoff-timeout SECONDS]
                 [--shutdown-delay SECONDS] [--health-bind ADDRESS]
+                [--before-reload CMD] [--on-ready CMD] [--on-reload-failed CMD]
+                [--hook-timeout SECONDS]
                 -- COMMAND [ARG]...
     gapless reload [--cold] [--control PATH]
     gapless status [--control PATH] [--json]
@@ -36,6 +38,8 @@ from typing import Any
 from ._version import __version__
 from .cli_args import (
     EXIT_USAGE,
+    HOOK_GROUP,
+    HOOK_OPTIONS,
     RESTART_GROUP,
     RESTART_OPTIONS,
     Parser,
@@ -149,6 +153,9 @@ def _add_run(commands: Any) -> None:
     )  # fmt: skip
     run.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="default text")
     _add_restart_options(run)
+    hooks = run.add_argument_group(HOOK_GROUP)
+    for option in HOOK_OPTIONS:
+        option.add_to(hooks)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG]...")
 
 
@@ -171,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(parser, args)
         if args.command == "serve":
-            return serve_cli.run(args, _restart_settings(args))
+            return serve_cli.run(args, {**_restart_settings(args), **_hook_settings(args)})
         if args.command in ("reload", "status", "stop", "upgrade"):
             return _control(args)
         if args.command == "demo":
@@ -213,6 +220,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         stop_signal=args.stop_signal,
         log_format=args.log_format,
         **_restart_settings(args),
+        **_hook_settings(args),
     )
     return start(config)
 
@@ -225,6 +233,11 @@ def _restart_settings(args: argparse.Namespace) -> dict[str, Any]:
         "shutdown_delay": args.shutdown_delay,
         "health_bind": args.health_bind,
     }
+
+
+def _hook_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ManagerConfig fields of the hook options, shared by run and serve."""
+    return {option.name: getattr(args, option.name) for option in HOOK_OPTIONS}
 
 
 def _handoff_path(args: argparse.Namespace) -> str | None:

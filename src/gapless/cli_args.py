@@ -30,6 +30,8 @@ from .sockets.addresses import Bind, parse_bind
 
 __all__ = [
     "EXIT_USAGE",
+    "HOOK_GROUP",
+    "HOOK_OPTIONS",
     "RESTART_GROUP",
     "RESTART_OPTIONS",
     "Option",
@@ -37,6 +39,7 @@ __all__ = [
     "bind",
     "delay",
     "duration",
+    "hook_command",
     "nonempty_path",
     "positive_seconds",
     "usage_error",
@@ -279,5 +282,46 @@ RESTART_OPTIONS = (
         "/live 200; /metrics in Prometheus text",
         type=bind,
         metavar="ADDRESS",
+    ),
+)
+
+
+def hook_command(text: str) -> str:
+    """argparse type: a shell command for a hook, which may not be empty."""
+    if not text.strip() or "\0" in text:
+        raise argparse.ArgumentTypeError(
+            f"invalid hook command {text!r}: give a shell command, e.g. 'nginx -t'"
+        )
+    return text
+
+
+HOOK_GROUP = "hooks: shell commands run by the manager (docs/run.md#hooks)"
+#: The options of ``gapless run`` and ``gapless serve`` for hooks (gapless.run.hooks).
+HOOK_OPTIONS = (
+    Option(
+        "--before-reload",
+        "run CMD (/bin/sh -c) before each requested reload; if it fails, so does the "
+        "reload, and the serving generation serves on",
+        type=hook_command,
+        metavar="CMD",
+    ),
+    Option(
+        "--on-ready",
+        "run CMD when a generation is ready (not waited for)",
+        type=hook_command,
+        metavar="CMD",
+    ),
+    Option(
+        "--on-reload-failed",
+        "run CMD when a reload fails (not waited for)",
+        type=hook_command,
+        metavar="CMD",
+    ),
+    Option(
+        "--hook-timeout",
+        "kill a hook's process group after this (default 30)",
+        default=30.0,
+        type=positive_seconds,
+        metavar="SECONDS",
     ),
 )

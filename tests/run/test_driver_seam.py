@@ -11,9 +11,11 @@ import os
 import selectors
 import signal
 import socket
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from gapless.proc.spawn import ExitStatus
 from gapless.proc.watchdog import Watchdog
@@ -127,6 +129,7 @@ class Rig:
     children: FakeChildren
     receiver: NotifyReceiver
     reports: list[ReloadResult]
+    selector: selectors.BaseSelector
 
     def ready(self, number: int) -> None:
         """Generation ``number`` sends READY=1, and the manager's loop reads it."""
@@ -140,8 +143,8 @@ class Rig:
 
 
 @contextmanager
-def rig() -> Iterator[Rig]:
-    config = ManagerConfig(command=["server"], ready=ReadyMode.parse("notify"))
+def rig(hook_shell: str = "/bin/sh", **settings: Any) -> Iterator[Rig]:
+    config = ManagerConfig(command=["server"], ready=ReadyMode.parse("notify"), **settings)
     log = EventLog("text")
     made: list[FakeChildren] = []
 
@@ -159,10 +162,11 @@ def rig() -> Iterator[Rig]:
             Upstream("", log),
             lambda result, stderr: reports.append(result),
             children=children,
+            hook_shell=hook_shell,
         )
         try:
             driver.start([], receiver, boot=True)
-            yield Rig(driver, made[0], receiver, reports)
+            yield Rig(driver, made[0], receiver, reports, selector)
         finally:
             driver.close()
 
@@ -204,4 +208,39 @@ def test_a_generation_exiting_before_ready_fails_the_reload_and_spares_the_old()
         assert (last.generation, last.ok) == (2, False)
         assert "generation 2 exited with code 3 before it was ready" in last.reason
         assert r.children.process(2) is None  # released
+        assert r.driver.serving and r.driver.exit_code is None
+
+
+def test_a_reload_waits_for_its_before_reload_hook_and_so_does_its_ready_deadline() -> None:
+    with rig(before_reload="exit 0", ready_timeout=5.0) as r:
+        r.ready(1)
+        r.driver.request_reload(None)
+        assert r.children.spawned == [1]  # not yet: the hook runs
+        assert r.states() == [(1, "active"), (2, "starting")]
+        while r.children.spawned == [1]:
+            events = r.selector.select(10.0)
+            assert events, "the hook did not end"
+            for key, _ in events:
+                key.data()
+        spawned = time.monotonic()
+        status = r.driver.status([], {})["generations"][1]
+        assert status["generation"] == 2 and status["age"] < 1.0  # counted from its spawn
+        wake_at = r.driver.wake_at()  # the ready deadline: 5 s after the spawn
+        assert wake_at is not None and spawned + 4.0 < wake_at <= spawned + 5.0
+        r.ready(2)
+        assert [(res.generation, res.ok) for res in r.reports] == [(1, True), (2, True)]
+
+
+def test_a_before_reload_hook_that_cannot_start_fails_the_reload_and_spares_the_old() -> None:
+    with rig(before_reload="true", hook_shell="/nonexistent/sh") as r:
+        r.ready(1)
+        r.driver.request_reload(None)
+        assert r.children.spawned == [1]
+        assert r.states() == [(1, "active")]
+        last = r.reports[-1]
+        assert (last.generation, last.ok) == (2, False)
+        assert last.reason == (
+            "generation 2 not started: before-reload hook `true` could not start: "
+            "No such file or directory"
+        )
         assert r.driver.serving and r.driver.exit_code is None

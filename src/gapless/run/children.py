@@ -52,6 +52,8 @@ class Children:
         on_exit: called once with each generation whose leader was reaped.
         stop_signal: what the watchdog sends the generations if the manager dies.
         grace: seconds after which the watchdog SIGKILLs what is left of them.
+        claim: reaps a child that is another's (a hook), given its pid; True if it
+            was one. Any other unknown child is reaped here as an orphan.
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class Children:
         on_exit: Callable[[GenerationProcess], None],
         stop_signal: int = signal.SIGTERM,
         grace: float = 30.0,
+        claim: Callable[[int], bool] | None = None,
     ) -> None:
         self._selector = selector
+        self._claim = claim
         self._log = log
         self._on_exit = on_exit
         self._stop_signal = stop_signal
@@ -215,6 +219,8 @@ class Children:
             if owned is not None:
                 if not owned:
                     return  # its pidfd will tell
+                continue
+            if self._claim is not None and self._claim(info.si_pid):
                 continue
             proc = self.by_pid(info.si_pid)
             if proc is not None:

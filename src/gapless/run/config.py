@@ -41,6 +41,11 @@ class ManagerConfig:
     # Fork generations from a fork server (gapless.run.warm) when the command is
     # ``PYTHON -m MODULE ...``: gapless serve sets it.
     warm: bool = False
+    # Shell commands run around reloads (gapless.run.hooks); None: no hook.
+    before_reload: str | None = None
+    on_ready: str | None = None
+    on_reload_failed: str | None = None
+    hook_timeout: float = 30.0
 
 
 def open_listeners(

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import functools
 import selectors
 import signal
 import time
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import GaplessError, OwnPortError
+from ..proc.spawn import ExitStatus
 from ..proc.subreaper import group_members
 from ..sockets.connections import ConnectionCounter
 from ..sockets.listeners import listener_address
@@ -63,6 +65,7 @@ from .generations import (
     StartRejected,
     StopRequested,
 )
+from .hooks import SHELL, HookCommands, Hooks
 from .processes import Processes, ProcessesFactory
 from .readiness import Readiness
 from .state import adopt_generations, export_generations, unadoptable
@@ -89,6 +92,7 @@ class Driver:
         children: makes the generations' processes from the driver's exit callback;
             None: the real :class:`~gapless.run.children.Children` (a test may give
             a fake, see gapless.run.processes).
+        hook_shell: what runs the hooks' commands (a test names a missing one).
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Driver:
         on_report: Reporter,
         faults: Faults | None = None,
         children: ProcessesFactory | None = None,
+        hook_shell: str = SHELL,
     ) -> None:
         self.config = config
         self._environ = dict(environ)
@@ -110,10 +115,16 @@ class Driver:
         self._machine = Generations(
             config.ready_timeout, config.drain_timeout, int(config.stop_signal)
         )
+        commands = HookCommands(
+            config.before_reload, config.on_ready, config.on_reload_failed, config.hook_timeout
+        )
+        self._hooks = Hooks(commands, self._environ, selector, log, hook_shell)
+        self._hook_due = False  # a reload was asked for: its spawn waits for before-reload
         self._children: Processes
         if children is None:
             stop, grace = int(config.stop_signal), config.drain_timeout
-            self._children = Children(selector, log, self._on_exit, stop, grace)
+            claim = self._hooks.claim
+            self._children = Children(selector, log, self._on_exit, stop, grace, claim)
         else:
             self._children = children(self._on_exit)
         self.exit_code: int | None = None
@@ -153,6 +164,7 @@ class Driver:
         if cold and self.config.warm:
             self._cold_next = True
             self._children.retire_forkserver("a cold start was asked for")
+        self._hook_due = self.running
         self.feed(ReloadRequested(request))
 
     def request_stop(self, why: str, **fields: Any) -> None:
@@ -174,6 +186,9 @@ class Driver:
             return "the manager is stopping"
         if machine.reloading:
             return "a reload is under way"
+        hook = self._hooks.busy()
+        if hook is not None:
+            return hook
         for gen in machine.in_state(GenState.KILLED, GenState.DRAINING):
             if gen.state is GenState.KILLED or gen.exit_status is not None:
                 return f"generation {gen.number} is being killed"
@@ -183,7 +198,9 @@ class Driver:
         return export_generations(self._machine, self._children)
 
     def kill_unadoptable(self) -> None:
-        """Before an exec to recover: kill the groups no pidfd can name any more."""
+        """Before an exec to recover: kill the groups no pidfd can name any more,
+        and the hooks, whose pidfds do not survive the exec."""
+        self._hooks.close()
         for proc in unadoptable(self._machine, self._children):
             proc.child.kill_group(signal.SIGKILL)
             self._log.event(
@@ -204,6 +221,7 @@ class Driver:
 
     def close(self) -> None:
         """Kill what still runs (after an error in the manager) and close everything."""
+        self._hooks.close()
         self._children.close()
 
     def start(self, listeners: Sequence[Listener], receiver: NotifyReceiver, boot: bool) -> None:
@@ -251,6 +269,9 @@ class Driver:
     def wake_at(self) -> float | None:
         """The next deadline or readiness check (monotonic); None: wait for events."""
         wake_at = [when for when, _ in self._machine.timers()]
+        hook = self._hooks.wake_at()
+        if hook is not None:
+            wake_at.append(hook)
         dropped = self.datagrams.wake_at()
         if dropped is not None:
             wake_at.append(dropped)
@@ -263,6 +284,7 @@ class Driver:
 
     def tick(self, now: float) -> None:
         """Feed the deadlines that passed, then look at the starting generation."""
+        self._hooks.tick(now)  # first: a generation's ready deadline waits for its hook
         self.datagrams.tick(now)
         while self.exit_code is None:
             due = [event for when, event in self._machine.timers() if when <= now]
@@ -296,6 +318,7 @@ class Driver:
 
     def on_sigchld(self) -> None:
         """Reap, then see whether a generation's left-behind group is gone now."""
+        self._hooks.collect()  # first: their exit statuses are theirs
         self._children.reap()
         for gen in self._machine.in_state(GenState.DRAINING, GenState.KILLED):
             proc = self._children.process(gen.number)
@@ -374,6 +397,29 @@ class Driver:
 
     def _spawn(self, action: Spawn) -> None:
         number = action.generation
+        asked, self._hook_due = self._hook_due and number > 1, False
+        if asked and self._hooks.gates_reloads:
+            active = self.active_process()
+            done = functools.partial(self._hook_done, number)
+            deadline = self._hooks.before_reload(number, active.pid if active else None, done)
+            # Its ready deadline counts from its spawn, once the hook is done.
+            self._machine.generations[number].ready_deadline = deadline + self.config.ready_timeout
+            return
+        self._start_generation(number)
+
+    def _hook_done(self, number: int, problem: str | None) -> None:
+        """The before-reload hook of ``number`` ended: fail the reload, or spawn."""
+        gen = self._machine.generations.get(number)
+        if gen is None or gen.state is not GenState.STARTING:
+            return  # cancelled meanwhile
+        if problem is not None:
+            self.feed(SpawnFailed(number, f"generation {number} not started: {problem}"))
+            return
+        gen.started = time.monotonic()
+        gen.ready_deadline = gen.started + self.config.ready_timeout
+        self._start_generation(number)
+
+    def _start_generation(self, number: int) -> None:
         env = {**self._environ, "NOTIFY_SOCKET": self._notify_address}
         listeners = [(listener.name, listener.sock) for listener in self._listeners]
         try:
@@ -407,6 +453,7 @@ class Driver:
             latency_ms=round(action.latency * 1000, 1),
             via=proc.ready_via,
         )
+        self._hooks.fire("on-ready", action.generation, proc.pid)
         if self.config.warm:
             # Now, not beside the start: its imports would compete with the new generation's.
             self._start_forkserver()
@@ -416,6 +463,10 @@ class Driver:
         self._children.start_forkserver(self.config.command, env)
 
     def _signal(self, action: Signal) -> None:
+        if self._hooks.cancel(action.generation):
+            # Stopped while its before-reload hook ran: it never had a process.
+            self.feed(ChildExited(action.generation, ExitStatus(-signal.SIGKILL)))
+            return
         proc = self._process(action.generation)
         held = self._connections.count(group_members(proc.pid))
         proc.child.send_signal(action.signal)
@@ -450,6 +501,9 @@ class Driver:
             what = "start" if result.generation == 1 else "reload"
             message = f"{what} failed: {result.reason}{last}"
             self._log.event("failed", message, stderr=stderr, generation=result.generation)
+            if self.running and result.generation is not None:  # not a stop's cancellation
+                pid = None if proc is None else proc.pid
+                self._hooks.fire("on-reload-failed", result.generation, pid, result.reason)
         self._on_report(result, stderr)
 
     def _exit(self, action: Exit) -> None:

@@ -125,6 +125,10 @@ def config_to_json(config: ManagerConfig) -> dict[str, Any]:
         "warm": config.warm,
         # Its socket travels open (Health.export): the bind only names it then.
         "health_bind": None if config.health_bind is None else str(config.health_bind),
+        "before_reload": config.before_reload,
+        "on_ready": config.on_ready,
+        "on_reload_failed": config.on_reload_failed,
+        "hook_timeout": config.hook_timeout,
     }
 
 
@@ -142,6 +146,10 @@ def config_from_json(value: Mapping[str, Any], control_path: str) -> ManagerConf
         shutdown_delay=value.get("shutdown_delay", 0.0),
         warm=value.get("warm", False),
         health_bind=None if value.get("health_bind") is None else parse_bind(value["health_bind"]),
+        before_reload=value.get("before_reload"),
+        on_ready=value.get("on_ready"),
+        on_reload_failed=value.get("on_reload_failed"),
+        hook_timeout=value.get("hook_timeout", 30.0),
     )
 
 

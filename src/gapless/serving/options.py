@@ -26,7 +26,15 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..cli_args import RESTART_GROUP, RESTART_OPTIONS, Option, bind, duration
+from ..cli_args import (
+    HOOK_GROUP,
+    HOOK_OPTIONS,
+    RESTART_GROUP,
+    RESTART_OPTIONS,
+    Option,
+    bind,
+    duration,
+)
 from ..errors import OptionIgnoredError
 from ..integrations.common import ServeOptions
 from ..run.eventlog import LOG_FORMATS
@@ -176,6 +184,7 @@ OPTIONS: tuple[Option, ...] = (
         default="text", choices=LOG_FORMATS, scope=MANAGER,
     ),
     *(dataclasses.replace(option, scope=MANAGER) for option in RESTART_OPTIONS),
+    *(dataclasses.replace(option, scope=MANAGER) for option in HOOK_OPTIONS),
 )  # fmt: skip
 
 
@@ -199,10 +208,12 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     manager's, the restart ones in a group of their own."""
     add_child_options(parser, standalone=False)
     restarts = parser.add_argument_group(RESTART_GROUP)
-    restart_flags = {option.flag for option in RESTART_OPTIONS}
+    hooks = parser.add_argument_group(HOOK_GROUP)
+    groups = {option.flag: restarts for option in RESTART_OPTIONS}
+    groups.update({option.flag: hooks for option in HOOK_OPTIONS})
     for option in OPTIONS:
         if option.scope == MANAGER:
-            option.add_to(restarts if option.flag in restart_flags else parser)
+            option.add_to(groups.get(option.flag, parser))
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
