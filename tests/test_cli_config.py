@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from manager_harness import TIMEOUT, Manager, _kill_leftovers, gapless_argv
+from manager_harness import TIMEOUT, Manager, _kill_leftovers, gapless_argv, running
 from serve_harness import APPS
 
 from gapless.cli import CONFIGURED, build_parser
@@ -302,3 +302,19 @@ def test_serve_started_from_a_config_file_alone(tmp_path: Path) -> None:
             process.kill()
             process.wait(TIMEOUT)
         _kill_leftovers(manager)
+
+
+def test_serve_under_run_serves_the_inherited_sockets_despite_gapless_bind(
+    tmp_path: Path,
+) -> None:
+    # GAPLESS_BIND binds the outer gapless run, and reaches the gapless serve it runs.
+    python_path = os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")])
+    env = {**CLEAN, "GAPLESS_BIND": "127.0.0.1:0", "PYTHONPATH": python_path}
+    serve = gapless_argv("serve", "serve_app:app", "--no-access-log")
+    with running(tmp_path, serve, binds=(), env=env) as manager:
+        connection = http.client.HTTPConnection("127.0.0.1", manager.port, timeout=TIMEOUT)
+        connection.request("GET", "/")
+        assert connection.getresponse().status == 200
+        connection.close()
+        manager.signal(signal.SIGTERM)
+        assert manager.wait() == 0, manager.log()

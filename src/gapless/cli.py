@@ -11,6 +11,7 @@ Over 300 lines on purpose: the usage of every subcommand sits in one file, so
                 [--drain-timeout SECONDS] [--stop-signal SIGNAL] [--log-format text|json]
                 [--handoff[=PATH]] [--handoff-timeout SECONDS]
                 [--shutdown-delay SECONDS] [--health-bind ADDRESS]
+                [--config PATH] [--print-config]
                 -- COMMAND [ARG]...
     gapless reload [--cold] [--control PATH]
     gapless status [--control PATH] [--json]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SettingsError
-from .settings_file import DEFAULT_FILE, load_table, toml_value
+from .settings_file import DEFAULT_FILE, check_keys, load_table, toml_value
 
 __all__ = [
     "CONFIG_VAR",
@@ -155,7 +155,7 @@ def resolve(layers: Layers, args: argparse.Namespace) -> dict[str, str]:
     path = config_path(args, layers.environ)
     table = load_table(path, layers.command) if path else {}
     settings = settings_of(layers.parser)
-    _check_keys(table, [s.key for s in settings], f"[{layers.command}] of {path}")
+    check_keys(table, [s.key for s in settings], f"[{layers.command}] of {path}")
     _check_variables(layers, {s.key for s in settings})
     given = _given(layers.parser, layers.argv)
     sources = {}
@@ -190,20 +190,20 @@ def _lookup(
     text = layers.environ.get(setting.variable)
     if text:  # an empty variable is unset, as a shell's ${X:-} would have it
         return f"env {setting.variable}", from_text(setting, text, setting.variable)
-    platform = [
-        p for p in layers.platform if p.key == setting.key and layers.environ.get(p.variable)
-    ]
-    for each in (p for p in platform if p.above_file):
-        where = f"{each.variable} (for {setting.key})"
-        text = each.template.format(layers.environ[each.variable])
-        return f"env {each.variable}", from_text(setting, text, where)
-    if setting.key in table:
+    found = _platform(setting, layers, above_file=True)
+    if found is None and setting.key in table:
         where = f"{setting.key} in [{layers.command}] of {path}"
         return f"file {path}", from_toml(setting, table[setting.key], where)
-    for each in platform:
-        where = f"{each.variable} (for {setting.key})"
-        text = each.template.format(layers.environ[each.variable])
-        return f"env {each.variable}", from_text(setting, text, where)
+    return found or _platform(setting, layers, above_file=False)
+
+
+def _platform(setting: Setting, layers: Layers, *, above_file: bool) -> tuple[str, Any] | None:
+    for each in layers.platform:
+        given = layers.environ.get(each.variable)
+        if each.key == setting.key and each.above_file == above_file and given:
+            text = each.template.format(given)
+            where = f"{each.variable} (for {setting.key})"
+            return f"env {each.variable}", from_text(setting, text, where)
     return None
 
 
@@ -260,14 +260,6 @@ def _convert(action: argparse.Action, text: str, where: str) -> Any:
         allowed = ", ".join(str(choice) for choice in action.choices)
         raise SettingsError(f"{where}: invalid value {text!r}: give one of {allowed}")
     return value
-
-
-def _check_keys(table: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
-    for key in table:
-        if key not in keys:
-            nearest = difflib.get_close_matches(key, keys, n=1)
-            hint = f"did you mean {nearest[0]!r}?" if nearest else "see --print-config for the keys"
-            raise SettingsError(f"unknown key {key!r} in {where}; {hint}")
 
 
 def _check_variables(layers: Layers, keys: set[str]) -> None:

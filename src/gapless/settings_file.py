@@ -19,12 +19,12 @@ import enum
 import importlib
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import SettingsError
 
-__all__ = ["DEFAULT_FILE", "TABLES", "load_table", "toml_value"]
+__all__ = ["DEFAULT_FILE", "TABLES", "check_keys", "load_table", "render", "toml_value"]
 
 #: Read when neither ``--config`` nor ``$GAPLESS_CONFIG`` names a file, if it exists.
 DEFAULT_FILE = "gapless.toml"
@@ -59,6 +59,15 @@ def load_table(path: str, command: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise SettingsError(f"{command} in {path} is not a table: write [{command}] above its keys")
     return table
+
+
+def check_keys(table: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
+    """Refuse a key of ``table`` not among ``keys``, naming the nearest one."""
+    for key in table:
+        if key not in keys:
+            nearest = difflib.get_close_matches(key, keys, n=1)
+            hint = f"did you mean {nearest[0]!r}?" if nearest else "see --print-config for the keys"
+            raise SettingsError(f"unknown key {key!r} in {where}; {hint}")
 
 
 def _toml_reader() -> Callable[[str], dict[str, Any]]:

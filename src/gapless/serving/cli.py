@@ -6,7 +6,7 @@
                   [--server uvicorn|hypercorn|granian] [--workers N] [--hooks MODULE]
                   [--drain-timeout S] [--certfile F --keyfile F] [limits...]
                   [--control PATH] [--pid-file PATH] [--no-fork-server] [--ready-timeout S]
-                  [--log-format F]
+                  [--log-format F] [--config PATH] [--print-config]
 
 It is the manager of ``gapless run`` (one process with a stable PID that keeps
 the sockets; SIGHUP or ``gapless reload`` starts a new generation, which
