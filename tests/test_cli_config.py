@@ -97,13 +97,13 @@ def test_the_config_file_is_config_else_gapless_config_else_gapless_toml(tmp_pat
 
 def test_lists_flags_and_commands_from_the_environment(tmp_path: Path) -> None:
     env = {
-        "GAPLESS_BIND": "web=127.0.0.1:0, unix:/tmp/a.sock",
+        "GAPLESS_BIND": "web=127.0.0.1:0, unix:/tmp/a b.sock",  # commas only
         "GAPLESS_HANDOFF": "yes",
         "GAPLESS_COMMAND": "python -m 'http.server' 0",
         "GAPLESS_STOP_SIGNAL": "int",
     }
     rows = _settings("run", env=env, cwd=tmp_path)
-    assert rows["bind"] == ('["web=127.0.0.1:0", "unix:/tmp/a.sock"]', "env GAPLESS_BIND")
+    assert rows["bind"] == ('["web=127.0.0.1:0", "unix:/tmp/a b.sock"]', "env GAPLESS_BIND")
     assert rows["handoff"] == ("true", "env GAPLESS_HANDOFF")
     assert rows["command"] == ('["python", "-m", "http.server", "0"]', "env GAPLESS_COMMAND")
     assert rows["stop_signal"] == ('"SIGINT"', "env GAPLESS_STOP_SIGNAL")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import re
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,7 +219,9 @@ def from_text(setting: Setting, text: str, where: str) -> Any:
     if setting.many:
         if action.nargs == argparse.REMAINDER:
             return shlex.split(text)
-        return [_convert(action, item, where) for item in re.split(r"[,\s]+", text) if item]
+        # Commas only: an item may hold spaces (a hook's command, a unix path).
+        items = (item.strip() for item in text.split(","))
+        return [_convert(action, item, where) for item in items if item]
     return _convert(action, text, where)
 
 
