@@ -318,3 +318,11 @@ def test_serve_under_run_serves_the_inherited_sockets_despite_gapless_bind(
         connection.close()
         manager.signal(signal.SIGTERM)
         assert manager.wait() == 0, manager.log()
+
+
+def test_serve_under_run_still_refuses_a_bind_on_its_command_line(tmp_path: Path) -> None:
+    python_path = os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")])
+    env = {**CLEAN, "PYTHONPATH": python_path}
+    serve = gapless_argv("serve", "serve_app:app", "--bind", "127.0.0.1:0")
+    with running(tmp_path, serve, binds=("127.0.0.1:0",), env=env, ready_line=None) as manager:
+        manager.wait_line(r"--bind given but sockets were inherited \(LISTEN_FDS\): drop --bind")

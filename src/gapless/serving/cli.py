@@ -107,6 +107,10 @@ def child_command(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> int:
     """Run ``gapless serve`` as parsed; returns the exit code (2: a misuse).
 
+    ``args.setting_sources``, when :mod:`gapless.cli` set it, says where each
+    setting came from (:func:`gapless.settings.resolve`): with inherited sockets
+    only a ``--bind`` from the command line is refused, others are ignored.
+
     Raises:
         GaplessError: a bad setting (one line), a socket that cannot be opened.
     """
@@ -115,8 +119,8 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
         print(f"gapless serve: error: {misuse}; see gapless serve --help", file=sys.stderr)
         return EXIT_USAGE
     if inherited():
-        # A bind from the environment (PORT, GAPLESS_BIND) was meant for whatever
-        # passed the sockets, which hands its environment down: only the command line's is a misuse.
+        # A bind from the environment or the file (PORT, GAPLESS_BIND) was meant for
+        # whatever passed the sockets and handed its environment down: not a misuse.
         if args.bind and getattr(args, "setting_sources", {}).get("bind", "cli") == "cli":
             raise ServeError("--bind given but sockets were inherited (LISTEN_FDS): drop --bind")
         from .child import main as serve_child
