@@ -13,6 +13,7 @@ Over 300 lines on purpose: the usage of every subcommand sits in one file, so
                 [--shutdown-delay SECONDS] [--health-bind ADDRESS]
                 [--before-reload CMD] [--on-ready CMD] [--on-reload-failed CMD]
                 [--hook-timeout SECONDS]
+                [--config PATH] [--print-config]
                 -- COMMAND [ARG]...
     gapless reload [--cold] [--control PATH]
     gapless status [--control PATH] [--json]
@@ -49,9 +50,23 @@ from .cli_args import (
     usage_error,
     whole_number,
 )
-from .errors import GaplessError
+from .errors import GaplessError, SettingsError
 from .run.eventlog import LOG_FORMATS
 from .serving import cli as serve_cli
+from .settings import (
+    Layers,
+    add_config_options,
+    config_path,
+    resolve,
+    settings_of,
+    shown,
+    subcommands,
+)
+from .settings_file import render
+
+#: The subcommands whose every option may also come from GAPLESS_<OPTION> or a config
+#: file, and the platform variables (Heroku's PORT...) each honours.
+CONFIGURED = {"run": (), "serve": serve_cli.PLATFORM}
 
 _RUN_HELP = """\
 Run COMMAND as generations on sockets the manager keeps: each generation gets them
@@ -71,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(commands)
     serve_cli.add_parser(commands)
+    for name in CONFIGURED:
+        add_config_options(commands.choices[name])
     commands.add_parser(
         "bench",
         help="measure failed requests, latency and reload time under load",
@@ -174,6 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
+    if args.command == "run" and args.argv[:1] == ["--"]:
+        args.argv = args.argv[1:]  # the separator is not part of COMMAND (nor of --print-config's)
+    if args.command in CONFIGURED:
+        try:
+            printed = _configure(parser, arguments, args)
+        except SettingsError as exc:
+            print(f"gapless {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if printed is not None:
+            print(printed)
+            return 0
     try:
         if args.command == "run":
             return _run(parser, args)
@@ -191,6 +219,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def _configure(
+    parser: argparse.ArgumentParser, arguments: list[str], args: argparse.Namespace
+) -> str | None:
+    """Fill in ``args`` from the environment and the config file; the text of
+    ``--print-config`` if asked, else None."""
+    parsers = subcommands(parser)
+    layers = Layers(
+        parser=parsers[args.command],
+        argv=arguments[arguments.index(args.command) + 1 :],
+        environ=os.environ,
+        platform=CONFIGURED[args.command],
+        neighbours=frozenset(
+            setting.key for name in CONFIGURED for setting in settings_of(parsers[name])
+        ),
+    )
+    sources = resolve(layers, args)
+    args.setting_sources = sources  # serve tells a --bind given from one not given
+    if not args.print_config:
+        return None
+    rows = shown(layers.parser, args, sources)
+    return render(args.command, rows, config_path(args, os.environ))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo.run import DEFAULT_DURATION, DEFAULT_OUTPUT, run_demo
 
@@ -206,7 +257,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .run.config import ManagerConfig
     from .run.launch import start
 
-    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    command = args.argv
     if not command:
         usage_error("gapless run", "missing COMMAND: gapless run [OPTIONS] -- COMMAND [ARG]...")
     config = ManagerConfig(

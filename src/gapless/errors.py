@@ -112,6 +112,12 @@ class ConfigError(GaplessError, ValueError):
     """A ``gapless run`` setting is invalid, e.g. ``--ready delay:x``."""
 
 
+class SettingsError(ConfigError):
+    """A setting from the environment or a config file is bad: a value its option
+    refuses (``GAPLESS_DRAIN_TIMEOUT=abc``), an unknown key, an unreadable file.
+    The CLI exits 2 on it, as on a bad command line."""
+
+
 class ControlError(GaplessError):
     """The control socket could not be opened, reached or understood."""
 

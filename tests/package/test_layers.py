@@ -24,6 +24,8 @@ RANKS = {
     "run": 5,
     "cli_args": 6,  # argument types shared by the CLIs of run and serving
     "integrations": 6,
+    "settings_file": 6,  # reading and writing a config file's table
+    "settings": 6.5,  # settings of run and serve from the environment and a file
     "serving": 7,
     "bench": 8,
     "demo": 9,  # gapless demo is a bench run

@@ -108,7 +108,7 @@ def test_under_gapless_run_it_is_one_generation(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["serve"], 2, "the following arguments are required: MODULE:APP"),
+        (["serve"], 2, 'missing MODULE:APP: give it, or app = "MODULE:APP" in [serve]'),
         (["serve", "a:b", "--workers", "0"], 2, "invalid count '0'"),
         (["serve", "a:b", "--interface", "cgi"], 2, "invalid choice: 'cgi'"),
         (["serve", "a:b", "--bind", "x:99999"], 2, "invalid bind 'x:99999'"),

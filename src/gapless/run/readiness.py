@@ -61,6 +61,9 @@ class ReadyMode:
     accept: bool
     delay: float | None = None
 
+    def __str__(self) -> str:
+        return self.text  # what parse() reads back, e.g. in --print-config
+
     @classmethod
     def parse(cls, text: str) -> ReadyMode:
         """Parse ``auto``, ``notify``, ``accept`` or ``delay:SECONDS``.

@@ -6,7 +6,7 @@
                   [--server uvicorn|hypercorn|granian] [--workers N] [--hooks MODULE]
                   [--drain-timeout S] [--certfile F --keyfile F] [limits...]
                   [--control PATH] [--pid-file PATH] [--no-fork-server] [--ready-timeout S]
-                  [--log-format F]
+                  [--log-format F] [--config PATH] [--print-config]
 
 It is the manager of ``gapless run`` (one process with a stable PID that keeps
 the sockets; SIGHUP or ``gapless reload`` starts a new generation, which
@@ -42,12 +42,14 @@ from typing import Any
 
 from ..cli_args import EXIT_USAGE
 from ..errors import GaplessError, ServeError
+from ..settings import Platform
 from ..sockets.addresses import parse_bind
 from .options import add_serve_options, check_honoured, child_argv
 
 __all__ = [
     "DEFAULT_BIND",
     "DRAIN_MARGIN",
+    "PLATFORM",
     "add_parser",
     "child_command",
     "inherited",
@@ -60,6 +62,13 @@ DEFAULT_BIND = "127.0.0.1:8000"  # uvicorn's default
 #: generation: the generation cuts what remains itself at its deadline, then
 #: runs the application's shutdown (lifespan, on_cleanup) and its hooks.
 DRAIN_MARGIN = 5.0
+#: What Heroku-style platforms set: the workers (above the config file, as a
+#: GAPLESS_ variable is), and a port to serve on all interfaces when no --bind is
+#: given anywhere (below the config file).
+PLATFORM = (
+    Platform("WEB_CONCURRENCY", "workers"),
+    Platform("PORT", "bind", "0.0.0.0:{}", above_file=False),
+)
 
 _HELP = """\
 Serve MODULE:APP (ASGI, WSGI or aiohttp) as generations on sockets this process
@@ -98,6 +107,10 @@ def child_command(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> int:
     """Run ``gapless serve`` as parsed; returns the exit code (2: a misuse).
 
+    ``args.setting_sources``, when :mod:`gapless.cli` set it, says where each
+    setting came from (:func:`gapless.settings.resolve`): with inherited sockets
+    only a ``--bind`` from the command line is refused, others are ignored.
+
     Raises:
         GaplessError: a bad setting (one line), a socket that cannot be opened.
     """
@@ -106,7 +119,9 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
         print(f"gapless serve: error: {misuse}; see gapless serve --help", file=sys.stderr)
         return EXIT_USAGE
     if inherited():
-        if args.bind:
+        # A bind from the environment or the file (PORT, GAPLESS_BIND) was meant for
+        # whatever passed the sockets and handed its environment down: not a misuse.
+        if args.bind and getattr(args, "setting_sources", {}).get("bind", "cli") == "cli":
             raise ServeError("--bind given but sockets were inherited (LISTEN_FDS): drop --bind")
         from .child import main as serve_child
 
@@ -141,6 +156,8 @@ def run(args: argparse.Namespace, restarts: Mapping[str, Any] | None = None) -> 
 
 def _misuse(args: argparse.Namespace) -> str | None:
     """What is wrong with options each fine alone, or None."""
+    if args.app is None:
+        return 'missing MODULE:APP: give it, or app = "MODULE:APP" in [serve] of gapless.toml'
     if (args.certfile is None) != (args.keyfile is None):
         return "give --certfile and --keyfile together"
     names = {bind.name for bind in args.bind}

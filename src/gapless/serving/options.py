@@ -194,9 +194,15 @@ def add_child_options(parser: argparse.ArgumentParser, *, standalone: bool = Tru
     Args:
         parser: the parser of ``gapless serve`` or of ``gapless.serving.child``.
         standalone: add the child's own ``--bind``, for a child started alone
-            (``gapless serve`` has its manager's ``--bind`` instead).
+            (``gapless serve`` has its manager's ``--bind`` instead, and may
+            leave ``MODULE:APP`` to its config file).
     """
-    parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
+    if standalone:
+        parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
+    else:  # gapless serve may have it from its config file or GAPLESS_APP instead
+        parser.add_argument(
+            "app", metavar="MODULE:APP", nargs="?", help="the application, e.g. myapp:app"
+        )
     scopes = (CHILD, ALONE) if standalone else (CHILD,)
     for option in OPTIONS:
         if option.scope in scopes:
