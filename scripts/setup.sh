@@ -3,14 +3,14 @@
 # missing), then a virtualenv in .venv with gapless and its extras.
 #
 #   bash scripts/setup.sh demo    # the demo: wrk, and gapless with its plot extra
-#   bash scripts/setup.sh         # the tests: wrk, systemd and the supervisors, the dev extras
+#   bash scripts/setup.sh         # the tests: wrk, systemd, the supervisors, haproxy, the dev extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${1:-test}
 case $profile in
     demo) debian_packages=(wrk); extras='.[plot]' ;;
-    test) debian_packages=(systemd wrk daemontools runit s6); extras='.[dev]' ;;
+    test) debian_packages=(systemd wrk daemontools runit s6 haproxy); extras='.[dev]' ;;
     *) echo "setup: unknown profile '$profile': give demo or test" >&2; exit 2 ;;
 esac
 

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""A rolling deploy across a fleet of three gapless hosts behind HAProxy, under load.
+
+Each host is its own ``gapless serve`` (or, with ``--server gunicorn``, ``gapless run
+-- gunicorn``) on 127.0.0.2, .3 and .4, with ``--health-bind`` on the same address;
+HAProxy (Debian's, run in the foreground as our child) listens on 127.0.0.1 and
+health-checks each host's endpoint. The open-loop prober and wrk load HAProxy with
+keep-alive while every host is deployed in turn, ``--deploys`` times; see
+fleet_deploy.py for the modes. Everything runs in a temporary directory and is
+stopped on any exit. docs/fleet.md has the recipe and the figures.
+
+    .venv/bin/python bench/fleet.py --deploy reload,replace,replace-no-delay --json fleet.json
+    .venv/bin/python bench/fleet.py --deploy replace --drain-mode runtime-api --deploys 3
+    .venv/bin/python bench/fleet.py --deploy replace --server gunicorn
+
+Exit status: 0 if every run completed (failed requests are figures, not errors),
+1 if a run could not be completed, 2 on a bad option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gapless.errors import GaplessError  # noqa: E402
+
+from fleet_deploy import DEPLOYS, DRAIN_MODES, FleetConfig, run_fleet  # noqa: E402
+from fleet_haproxy import haproxy_path  # noqa: E402
+from fleet_hosts import SERVERS  # noqa: E402
+from fleet_report import format_table, summarize, write_json  # noqa: E402
+
+
+def _deploys(value: str) -> list[str]:
+    modes = [mode.strip() for mode in value.split(",") if mode.strip()]
+    for mode in modes:
+        if mode not in DEPLOYS:
+            raise argparse.ArgumentTypeError(f"unknown deploy mode {mode!r}: give {', '.join(DEPLOYS)}")
+    return modes
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Rolling deploys across three gapless hosts behind HAProxy, under load.",
+        epilog="Example: bench/fleet.py --deploy reload,replace,replace-no-delay --json fleet.json",
+    )
+    add = parser.add_argument
+    add("--deploy", type=_deploys, default=["replace"], metavar="MODE[,MODE]",
+        help=f"one run per mode, in order: {', '.join(DEPLOYS)} (default replace)")
+    add("--deploys", type=int, default=10, metavar="N", help="rolling deploys per run (default 10)")
+    add("--server", choices=SERVERS, default="serve",
+        help="each host: gapless serve (ASGI) or gapless run -- gunicorn (WSGI)")
+    add("--drain-mode", choices=DRAIN_MODES, default="health",
+        help="replace: by the health endpoint and --shutdown-delay, or by HAProxy's runtime API")
+    add("--shutdown-delay", type=_positive, default=1.0, metavar="S",
+        help="replace's --shutdown-delay (default 1.0; HAProxy needs ~0.2 s to see 503)")
+    add("--drain-timeout", type=_positive, default=10.0, metavar="S", help="hosts' (default 10)")
+    add("--rate", type=_positive, default=200.0, metavar="R", help="prober requests/s (default 200)")
+    add("--connections", type=int, default=16, metavar="C", help="prober's keep-alive pool (default 16)")
+    add("--wrk-connections", type=int, default=4, metavar="C",
+        help="wrk's connections, one thread (default 4; 0: no wrk)")
+    add("--gap", type=_positive, default=1.0, metavar="S", help="steady seconds between deploys")
+    add("--redispatch", action="store_true",
+        help="HAProxy retries elsewhere: option redispatch, retry-on conn-failure empty-response")
+    add("--timeout", type=_positive, default=30.0, metavar="S", help="any one wait (default 30)")
+    add("--json", metavar="PATH", help="write every figure (and the HAProxy config) here")
+    args = parser.parse_args(argv)
+    if args.deploys < 1:
+        parser.error(f"--deploys {args.deploys}: give 1 or more")
+    return args
+
+
+def _config(args: argparse.Namespace, deploy: str) -> FleetConfig:
+    return FleetConfig(
+        deploy=deploy, deploys=args.deploys, server=args.server, drain_mode=args.drain_mode,
+        shutdown_delay=args.shutdown_delay, drain_timeout=args.drain_timeout, rate=args.rate,
+        connections=args.connections, wrk_connections=args.wrk_connections, gap=args.gap,
+        redispatch=args.redispatch, timeout=args.timeout,
+    )  # fmt: skip
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally: the fleet is stopped
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if haproxy_path() is None:
+        print("fleet: haproxy is not installed: apt-get install haproxy", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGHUP, _stop_on_signal)
+    rows = []
+    try:
+        for deploy in args.deploy:
+            with tempfile.TemporaryDirectory(prefix="gapless-fleet-") as directory:
+                rows.append(summarize(run_fleet(_config(args, deploy), directory)))
+            print(format_table(rows[-1:]), flush=True)
+    except GaplessError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if rows:
+            print("\n" + format_table(rows))
+            if args.json:
+                write_json(rows, args.json, [os.path.basename(sys.argv[0]), *argv])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
