@@ -29,19 +29,21 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gapless.errors import GaplessError  # noqa: E402
+from fleet_deploy import DEPLOYS, DRAIN_MODES, FleetConfig, run_fleet
+from fleet_haproxy import haproxy_path
+from fleet_hosts import SERVERS
+from fleet_report import format_table, summarize, write_json
 
-from fleet_deploy import DEPLOYS, DRAIN_MODES, FleetConfig, run_fleet  # noqa: E402
-from fleet_haproxy import haproxy_path  # noqa: E402
-from fleet_hosts import SERVERS  # noqa: E402
-from fleet_report import format_table, summarize, write_json  # noqa: E402
+from gapless.errors import GaplessError
 
 
 def _deploys(value: str) -> list[str]:
     modes = [mode.strip() for mode in value.split(",") if mode.strip()]
     for mode in modes:
         if mode not in DEPLOYS:
-            raise argparse.ArgumentTypeError(f"unknown deploy mode {mode!r}: give {', '.join(DEPLOYS)}")
+            raise argparse.ArgumentTypeError(
+                f"unknown deploy mode {mode!r}: give {', '.join(DEPLOYS)}"
+            )
     return modes
 
 
@@ -58,23 +60,57 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog="Example: bench/fleet.py --deploy reload,replace,replace-no-delay --json fleet.json",
     )
     add = parser.add_argument
-    add("--deploy", type=_deploys, default=["replace"], metavar="MODE[,MODE]",
-        help=f"one run per mode, in order: {', '.join(DEPLOYS)} (default replace)")
+    add(
+        "--deploy",
+        type=_deploys,
+        default=["replace"],
+        metavar="MODE[,MODE]",
+        help=f"one run per mode, in order: {', '.join(DEPLOYS)} (default replace)",
+    )
     add("--deploys", type=int, default=10, metavar="N", help="rolling deploys per run (default 10)")
-    add("--server", choices=SERVERS, default="serve",
-        help="each host: gapless serve (ASGI) or gapless run -- gunicorn (WSGI)")
-    add("--drain-mode", choices=DRAIN_MODES, default="health",
-        help="replace: by the health endpoint and --shutdown-delay, or by HAProxy's runtime API")
-    add("--shutdown-delay", type=_positive, default=1.0, metavar="S",
-        help="replace's --shutdown-delay (default 1.0; HAProxy needs ~0.2 s to see 503)")
+    add(
+        "--server",
+        choices=SERVERS,
+        default="serve",
+        help="each host: gapless serve (ASGI) or gapless run -- gunicorn (WSGI)",
+    )
+    add(
+        "--drain-mode",
+        choices=DRAIN_MODES,
+        default="health",
+        help="replace: by the health endpoint and --shutdown-delay, or by HAProxy's runtime API",
+    )
+    add(
+        "--shutdown-delay",
+        type=_positive,
+        default=1.0,
+        metavar="S",
+        help="replace's --shutdown-delay (default 1.0; HAProxy needs ~0.2 s to see 503)",
+    )
     add("--drain-timeout", type=_positive, default=10.0, metavar="S", help="hosts' (default 10)")
-    add("--rate", type=_positive, default=200.0, metavar="R", help="prober requests/s (default 200)")
-    add("--connections", type=int, default=16, metavar="C", help="prober's keep-alive pool (default 16)")
-    add("--wrk-connections", type=int, default=4, metavar="C",
-        help="wrk's connections, one thread (default 4; 0: no wrk)")
+    add(
+        "--rate", type=_positive, default=200.0, metavar="R", help="prober requests/s (default 200)"
+    )
+    add(
+        "--connections",
+        type=int,
+        default=16,
+        metavar="C",
+        help="prober's keep-alive pool (default 16)",
+    )
+    add(
+        "--wrk-connections",
+        type=int,
+        default=4,
+        metavar="C",
+        help="wrk's connections, one thread (default 4; 0: no wrk)",
+    )
     add("--gap", type=_positive, default=1.0, metavar="S", help="steady seconds between deploys")
-    add("--redispatch", action="store_true",
-        help="HAProxy retries elsewhere: option redispatch, retry-on conn-failure empty-response")
+    add(
+        "--redispatch",
+        action="store_true",
+        help="HAProxy retries elsewhere: option redispatch, retry-on conn-failure empty-response",
+    )
     add("--timeout", type=_positive, default=30.0, metavar="S", help="any one wait (default 30)")
     add("--json", metavar="PATH", help="write every figure (and the HAProxy config) here")
     args = parser.parse_args(argv)

@@ -31,15 +31,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet_haproxy import Backend, Haproxy, HaproxyConfig
+from fleet_hosts import Host, HostSpec, free_port
+from fleet_verify import served_version
 
 from gapless.bench.prober import Prober, ProberConfig, Sample
 from gapless.bench.wrk import WrkReport, WrkRun, wrk_path
 from gapless.errors import BenchError
 from gapless.sockets.addresses import TcpAddress
-
-from fleet_haproxy import Backend, Haproxy, HaproxyConfig
-from fleet_hosts import Host, HostSpec, free_port
-from fleet_verify import served_version
 
 __all__ = ["ADDRESSES", "DEPLOYS", "DRAIN_MODES", "FleetConfig", "FleetResult", "Step", "run_fleet"]
 
@@ -106,7 +107,7 @@ def run_fleet(config: FleetConfig, directory: str) -> FleetResult:
     """
     hosts, proxy = _build(config, directory)
     result = FleetResult(config, proxy.config.frontend, load_average=os.getloadavg())
-    result.haproxy_config = open(proxy.path).read()
+    result.haproxy_config = Path(proxy.path).read_text()
     try:
         for host in hosts:
             host.start(1, config.timeout)
@@ -126,19 +127,27 @@ def _build(config: FleetConfig, directory: str) -> tuple[list[Host], Haproxy]:
     web, health = free_port(list(ADDRESSES)), free_port(list(ADDRESSES))
     specs = [
         HostSpec(
-            f"host{number}", TcpAddress(address, web), TcpAddress(address, health),
-            config.server, config.host_delay, config.drain_timeout,
-        )  # fmt: skip
+            f"host{number}",
+            TcpAddress(address, web),
+            TcpAddress(address, health),
+            config.server,
+            config.host_delay,
+            config.drain_timeout,
+        )
         for number, address in enumerate(ADDRESSES, 1)
     ]
     frontend = TcpAddress("127.0.0.1", free_port(["127.0.0.1"]))
     backends = tuple(Backend(spec.name, spec.web, spec.health) for spec in specs)
     runtime = os.path.join(directory, "haproxy.sock")
-    proxy = Haproxy(HaproxyConfig(frontend, backends, runtime, redispatch=config.redispatch), directory)
+    proxy = Haproxy(
+        HaproxyConfig(frontend, backends, runtime, redispatch=config.redispatch), directory
+    )
     return [Host(spec, directory) for spec in specs], proxy
 
 
-def _load_and_deploy(config: FleetConfig, hosts: list[Host], proxy: Haproxy, result: FleetResult) -> None:
+def _load_and_deploy(
+    config: FleetConfig, hosts: list[Host], proxy: Haproxy, result: FleetResult
+) -> None:
     prober = Prober(ProberConfig(result.frontend, rate=config.rate, connections=config.connections))
     wrk = _start_wrk(config, result)
     pacer = threading.Event()  # never set: its wait() paces the steady gaps
@@ -198,11 +207,15 @@ def _deploy_host(config: FleetConfig, number: int, host: Host, proxy: Haproxy) -
     step.end = time.monotonic()
     got = served_version(host.spec.web, config.timeout)
     if got != str(version):
-        raise BenchError(f"{host.spec.name} serves version {got} after deploy {number}, not {version}")
+        raise BenchError(
+            f"{host.spec.name} serves version {got} after deploy {number}, not {version}"
+        )
     return step
 
 
-def _replace(config: FleetConfig, host: Host, proxy: Haproxy, version: int, mark: Callable[[str], None]) -> None:
+def _replace(
+    config: FleetConfig, host: Host, proxy: Haproxy, version: int, mark: Callable[[str], None]
+) -> None:
     name, stop_by = host.spec.name, config.host_delay + config.drain_timeout + config.timeout
     host.terminate()
     mark("term")
@@ -243,4 +256,3 @@ def _counters(proxy: Haproxy) -> dict[str, int]:
     row = proxy.stats()["BACKEND"]
     names = ("stot", "hrsp_5xx", "econ", "eresp", "wretr", "wredis", "cli_abrt", "srv_abrt")
     return {name: int(row.get(name) or 0) for name in names}
-

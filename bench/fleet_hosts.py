@@ -75,7 +75,8 @@ def free_port(hosts: list[str]) -> int:
 def _argv(spec: HostSpec, control: str) -> list[str]:
     common = [
         "--control", control, "--health-bind", str(spec.health),
-        "--shutdown-delay", f"{spec.shutdown_delay:g}", "--drain-timeout", f"{spec.drain_timeout:g}",
+        "--shutdown-delay", f"{spec.shutdown_delay:g}",
+        "--drain-timeout", f"{spec.drain_timeout:g}",
     ]  # fmt: skip
     gapless = [sys.executable, "-m", "gapless.cli"]
     if spec.server == "serve":
@@ -201,10 +202,8 @@ class Host:
         if self.manager is None:
             return
         self.terminate()
-        try:
+        with contextlib.suppress(BenchError):  # killed then: at the end that is all we want
             self.wait_exited(timeout)
-        except BenchError:
-            pass  # killed by wait_exited: at the end of a run that is all we want
 
     def kill(self) -> None:
         """SIGKILL whatever is left of the instance and reap the manager."""

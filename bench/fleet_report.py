@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from fleet_deploy import FleetResult
+
 from gapless.bench.prober import Sample
 from gapless.bench.report import machine, stats
-
-from fleet_deploy import FleetResult
 
 __all__ = ["format_table", "summarize", "write_json"]
 
@@ -58,7 +58,9 @@ def summarize(result: FleetResult) -> dict[str, Any]:
             "max": round(max(durations), 3) if durations else None,
         },
         "haproxy": result.haproxy,
-        "steps": [asdict(step) | {"seconds": round(step.end - step.start, 3)} for step in result.steps],
+        "steps": [
+            asdict(step) | {"seconds": round(step.end - step.start, 3)} for step in result.steps
+        ],
         "notes": result.notes,
         "haproxy_config": result.haproxy_config,
     }
@@ -66,7 +68,9 @@ def summarize(result: FleetResult) -> dict[str, Any]:
 
 def label(result: FleetResult) -> str:
     config = result.config
-    drain = " runtime-api" if config.drain_mode == "runtime-api" and config.deploy != "reload" else ""
+    drain = (
+        " runtime-api" if config.drain_mode == "runtime-api" and config.deploy != "reload" else ""
+    )
     retry = " +redispatch" if config.redispatch else ""
     return f"{config.server} {config.deploy}{drain}{retry}"
 
@@ -93,7 +97,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     ]
     for row in rows:
         wrk = row["wrk"]
-        requests = row["prober"]["requests"] + (wrk["requests"] + wrk["socket_errors"] if wrk else 0)
+        requests = row["prober"]["requests"] + (
+            wrk["requests"] + wrk["socket_errors"] if wrk else 0
+        )
         seconds = row["deploy_seconds"]
         lines.append(
             f"{row['label']:<29} {row['config']['deploys']:7} {requests:9} {row['failed']:7}"
@@ -110,4 +116,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_json(rows: Sequence[dict[str, Any]], path: str, argv: Sequence[str]) -> None:
     with open(path, "w") as file:
-        json.dump({"version": 1, "argv": list(argv), "machine": machine(), "runs": list(rows)}, file, indent=1)
+        json.dump(
+            {"version": 1, "argv": list(argv), "machine": machine(), "runs": list(rows)},
+            file,
+            indent=1,
+        )
