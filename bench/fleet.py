@@ -68,6 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"one run per mode, in order: {', '.join(DEPLOYS)} (default replace)",
     )
     add("--deploys", type=int, default=10, metavar="N", help="rolling deploys per run (default 10)")
+    add("--hosts", type=int, choices=(2, 3), default=3, help="hosts in the fleet (default 3)")
     add(
         "--server",
         choices=SERVERS,
@@ -121,7 +122,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _config(args: argparse.Namespace, deploy: str) -> FleetConfig:
     return FleetConfig(
-        deploy=deploy, deploys=args.deploys, server=args.server, drain_mode=args.drain_mode,
+        deploy=deploy, deploys=args.deploys, hosts=args.hosts, server=args.server,
+        drain_mode=args.drain_mode,
         shutdown_delay=args.shutdown_delay, drain_timeout=args.drain_timeout, rate=args.rate,
         connections=args.connections, wrk_connections=args.wrk_connections, gap=args.gap,
         redispatch=args.redispatch, timeout=args.timeout,

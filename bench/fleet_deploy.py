@@ -53,6 +53,8 @@ DRAIN_MODES = ("health", "runtime-api")
 class FleetConfig:
     deploy: str = "replace"
     deploys: int = 10
+    hosts: int = 3  # 2 or 3: one is always out during a replacement
+    rolled: int = 0  # hosts each deploy goes through, the first ones; 0: all
     server: str = "serve"
     drain_mode: str = "health"
     shutdown_delay: float = 1.0
@@ -124,7 +126,8 @@ def run_fleet(config: FleetConfig, directory: str) -> FleetResult:
 
 
 def _build(config: FleetConfig, directory: str) -> tuple[list[Host], Haproxy]:
-    web, health = free_port(list(ADDRESSES)), free_port(list(ADDRESSES))
+    addresses = list(ADDRESSES[: config.hosts])
+    web, health = free_port(addresses), free_port(addresses)
     specs = [
         HostSpec(
             f"host{number}",
@@ -134,7 +137,7 @@ def _build(config: FleetConfig, directory: str) -> tuple[list[Host], Haproxy]:
             config.host_delay,
             config.drain_timeout,
         )
-        for number, address in enumerate(ADDRESSES, 1)
+        for number, address in enumerate(addresses, 1)
     ]
     frontend = TcpAddress("127.0.0.1", free_port(["127.0.0.1"]))
     backends = tuple(Backend(spec.name, spec.web, spec.health) for spec in specs)
@@ -157,7 +160,7 @@ def _load_and_deploy(
         pacer.wait(config.gap)
         for number in range(1, config.deploys + 1):
             start = time.monotonic()
-            for host in hosts:
+            for host in hosts[: config.rolled or len(hosts)]:
                 result.steps.append(_deploy_host(config, number, host, proxy))
             result.windows.append((start - result.t0, time.monotonic() - result.t0))
             pacer.wait(config.gap)
@@ -180,7 +183,7 @@ def _start_wrk(config: FleetConfig, result: FleetResult) -> WrkRun | None:
     if wrk_path() is None:
         result.notes.append("wrk is not installed (apt-get install wrk): prober only")
         return None
-    per_deploy = 3 * (config.shutdown_delay + config.drain_timeout + config.timeout)
+    per_deploy = config.hosts * (config.shutdown_delay + config.drain_timeout + config.timeout)
     run = WrkRun(
         result.frontend,
         duration=config.gap * (config.deploys + 2) + config.deploys * per_deploy,
