@@ -112,16 +112,20 @@ def run_fleet(config: FleetConfig, directory: str) -> FleetResult:
     result.haproxy_config = Path(proxy.path).read_text()
     try:
         for host in hosts:
-            host.start(1, config.timeout)
+            host.launch(1)
+        for host in hosts:
+            host.wait_ready(config.timeout)
         proxy.start(config.timeout)
         for host in hosts:
             proxy.wait_status(host.spec.name, "UP", config.timeout)
         _load_and_deploy(config, hosts, proxy, result)
         result.haproxy = _counters(proxy)
     finally:
+        proxy.stop()  # first: its keep-alive connections closed, the hosts drain at once
+        for host in hosts:
+            host.terminate()
         for host in hosts:
             host.stop(config.shutdown_delay + config.drain_timeout + 5)
-        proxy.stop()
     return result
 
 

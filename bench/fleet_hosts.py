@@ -104,6 +104,7 @@ class Host:
         self._tree: ProcessTree | None = None
         self._pump: OutputPump | None = None
         self._reader: DiscardingReader | None = None
+        self._receiver: NotifyReceiver | None = None  # until READY=1
 
     def start(self, version: int, timeout: float) -> float:
         """Start a new instance serving ``version``; return when it reported ready.
@@ -111,11 +112,16 @@ class Host:
         Raises:
             BenchError: it did not report READY=1 within ``timeout``.
         """
+        self.launch(version)
+        return self.wait_ready(timeout)
+
+    def launch(self, version: int) -> None:
+        """Start a new instance serving ``version``, without waiting for it."""
         self._write_version(version)
-        receiver = NotifyReceiver()
+        self._receiver = NotifyReceiver()
         env = {
             **os.environ,
-            "NOTIFY_SOCKET": receiver.address,
+            "NOTIFY_SOCKET": self._receiver.address,
             "FLEET_VERSION_FILE": self.version_file,
             "PYTHONPATH": os.pathsep.join([BENCH, os.environ.get("PYTHONPATH", "")]),
         }
@@ -129,7 +135,16 @@ class Host:
         assert self.manager.stderr_fd is not None
         self._pump = OutputPump(self.manager.stderr_fd)
         self.manager.stderr_fd = None  # the pump closes it
-        pid = self.manager.pid
+
+    def wait_ready(self, timeout: float) -> float:
+        """Wait for the launched instance's READY=1; return when it came.
+
+        Raises:
+            BenchError: it did not come within ``timeout``.
+        """
+        assert self.manager is not None and self._receiver is not None
+        receiver, pid = self._receiver, self.manager.pid
+        self._receiver = None
         try:
             wait_notification(receiver, lambda n: n.ready and n.pid == pid, timeout, self.tail)
         except BaseException:
@@ -224,8 +239,11 @@ class Host:
             self.manager.close()
             self.manager = None
         if self._reader is not None:
-            self._reader.close()
+            self._reader.close()  # and its receiver
             self._reader = None
+        if self._receiver is not None:
+            self._receiver.close()
+            self._receiver = None
         if self._pump is not None:
             self._pump.close(1.0)
             self._pump = None
