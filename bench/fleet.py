@@ -26,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,66 +55,43 @@ def _positive(value: str) -> float:
     return number
 
 
+#: Every option but --deploy: its flags and argparse keywords.
+OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--deploys", dict(type=int, default=10, metavar="N", help="deploys per run (default 10)")),
+    ("--hosts", dict(type=int, choices=(2, 3), default=3, help="hosts in the fleet (default 3)")),
+    ("--server", dict(choices=SERVERS, default="serve",
+        help="each host: gapless serve (ASGI) or gapless run -- gunicorn (WSGI)")),
+    ("--drain-mode", dict(choices=DRAIN_MODES, default="health",
+        help="replace: by the health endpoint and --shutdown-delay, or by HAProxy's runtime API")),
+    ("--shutdown-delay", dict(type=_positive, default=1.0, metavar="S",
+        help="replace's --shutdown-delay (default 1.0; HAProxy sees 503 within ~0.2 s)")),
+    ("--drain-timeout", dict(type=_positive, default=10.0, metavar="S", help="hosts' (10)")),
+    ("--rate", dict(type=_positive, default=200.0, metavar="R", help="prober requests/s (200)")),
+    ("--connections", dict(type=int, default=16, metavar="C", help="prober's pool (default 16)")),
+    ("--wrk-connections", dict(type=int, default=4, metavar="C",
+        help="wrk's connections, one thread (default 4; 0: no wrk)")),
+    ("--gap", dict(type=_positive, default=1.0, metavar="S", help="steady seconds around deploys")),
+    ("--redispatch", dict(action="store_true",
+        help="HAProxy retries elsewhere: option redispatch, retry-on conn-failure empty-response")),
+    ("--timeout", dict(type=_positive, default=30.0, metavar="S", help="any one wait (30)")),
+    ("--json", dict(metavar="PATH", help="write every figure (and the HAProxy config) here")),
+)  # fmt: skip
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Rolling deploys across three gapless hosts behind HAProxy, under load.",
         epilog="Example: bench/fleet.py --deploy reload,replace,replace-no-delay --json fleet.json",
     )
-    add = parser.add_argument
-    add(
+    parser.add_argument(
         "--deploy",
         type=_deploys,
         default=["replace"],
         metavar="MODE[,MODE]",
         help=f"one run per mode, in order: {', '.join(DEPLOYS)} (default replace)",
     )
-    add("--deploys", type=int, default=10, metavar="N", help="rolling deploys per run (default 10)")
-    add("--hosts", type=int, choices=(2, 3), default=3, help="hosts in the fleet (default 3)")
-    add(
-        "--server",
-        choices=SERVERS,
-        default="serve",
-        help="each host: gapless serve (ASGI) or gapless run -- gunicorn (WSGI)",
-    )
-    add(
-        "--drain-mode",
-        choices=DRAIN_MODES,
-        default="health",
-        help="replace: by the health endpoint and --shutdown-delay, or by HAProxy's runtime API",
-    )
-    add(
-        "--shutdown-delay",
-        type=_positive,
-        default=1.0,
-        metavar="S",
-        help="replace's --shutdown-delay (default 1.0; HAProxy needs ~0.2 s to see 503)",
-    )
-    add("--drain-timeout", type=_positive, default=10.0, metavar="S", help="hosts' (default 10)")
-    add(
-        "--rate", type=_positive, default=200.0, metavar="R", help="prober requests/s (default 200)"
-    )
-    add(
-        "--connections",
-        type=int,
-        default=16,
-        metavar="C",
-        help="prober's keep-alive pool (default 16)",
-    )
-    add(
-        "--wrk-connections",
-        type=int,
-        default=4,
-        metavar="C",
-        help="wrk's connections, one thread (default 4; 0: no wrk)",
-    )
-    add("--gap", type=_positive, default=1.0, metavar="S", help="steady seconds between deploys")
-    add(
-        "--redispatch",
-        action="store_true",
-        help="HAProxy retries elsewhere: option redispatch, retry-on conn-failure empty-response",
-    )
-    add("--timeout", type=_positive, default=30.0, metavar="S", help="any one wait (default 30)")
-    add("--json", metavar="PATH", help="write every figure (and the HAProxy config) here")
+    for flag, keywords in OPTIONS:
+        parser.add_argument(flag, **keywords)
     args = parser.parse_args(argv)
     if args.deploys < 1:
         parser.error(f"--deploys {args.deploys}: give 1 or more")
