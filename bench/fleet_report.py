@@ -24,7 +24,7 @@ from fleet_deploy import FleetResult
 from gapless.bench.prober import Sample
 from gapless.bench.report import machine, stats
 
-__all__ = ["format_table", "summarize", "write_json"]
+__all__ = ["failure_lines", "format_markdown", "format_table", "summarize", "write_json"]
 
 
 def _in_window(sample: Sample, windows: Sequence[tuple[float, float]]) -> bool:
@@ -121,3 +121,35 @@ def write_json(rows: Sequence[dict[str, Any]], path: str, argv: Sequence[str]) -
             file,
             indent=1,
         )
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The table docs/fleet.md shows, one row per run."""
+    lines = [
+        "| run | deploys | run s | requests | failed | p99 in deploys | p99 steady "
+        "| deploy s, mean (max) | load avg at start |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        wrk = row["wrk"]
+        requests = row["prober"]["requests"] + (
+            wrk["requests"] + wrk["socket_errors"] if wrk else 0
+        )
+        seconds = row["deploy_seconds"]
+        lines.append(
+            f"| {row['label']} | {row['config']['deploys']} | {row['seconds']:.0f} | {requests:,}"
+            f" | {row['failed']}"
+            f" | {_ms(row['in_deploys']['p99_ms'])} ms | {_ms(row['steady']['p99_ms'])} ms"
+            f" | {seconds['mean'] or 0:.2f} ({seconds['max'] or 0:.2f})"
+            f" | {row['load_average_at_start'][0]:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def failure_lines(rows: Sequence[dict[str, Any]]) -> str:
+    """Per run: the failures by class and HAProxy's counters, as a list."""
+    lines = []
+    for row in rows:
+        counters = ", ".join(f"{k} {v}" for k, v in row["haproxy"].items())
+        lines.append(f"* {row['label']}: failed: {_classes(row)}; HAProxy: {counters}")
+    return "\n".join(lines)
