@@ -12,6 +12,7 @@ stopped on any exit. docs/fleet.md has the recipe and the figures.
     .venv/bin/python bench/fleet.py --deploy reload,replace,replace-no-delay --json fleet.json
     .venv/bin/python bench/fleet.py --deploy replace --drain-mode runtime-api --deploys 3
     .venv/bin/python bench/fleet.py --deploy replace --server gunicorn
+    .venv/bin/python bench/fleet.py --from-json fleet.json    # the table in docs/fleet.md
 
 Exit status: 0 if every run completed (failed requests are figures, not errors),
 1 if a run could not be completed, 2 on a bad option.
@@ -20,6 +21,7 @@ Exit status: 0 if every run completed (failed requests are figures, not errors),
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -33,7 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet_deploy import DEPLOYS, DRAIN_MODES, FleetConfig, run_fleet
 from fleet_haproxy import haproxy_path
 from fleet_hosts import SERVERS
-from fleet_report import format_table, summarize, write_json
+from fleet_report import (
+    failure_lines,
+    format_markdown,
+    format_table,
+    summarize,
+    write_json,
+)
 
 from gapless.errors import GaplessError
 
@@ -75,6 +83,8 @@ OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         help="HAProxy retries elsewhere: option redispatch, retry-on conn-failure empty-response")),
     ("--timeout", dict(type=_positive, default=30.0, metavar="S", help="any one wait (30)")),
     ("--json", dict(metavar="PATH", help="write every figure (and the HAProxy config) here")),
+    ("--from-json", dict(nargs="+", metavar="PATH",
+        help="run nothing: print docs/fleet.md's table from these --json files")),
 )  # fmt: skip
 
 
@@ -112,8 +122,20 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through every finally: the fleet is stopped
 
 
+def _tabulate(paths: list[str]) -> int:
+    try:
+        rows = [row for path in paths for row in json.loads(Path(path).read_text())["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"fleet: cannot read the runs in {' '.join(paths)}: {exc}", file=sys.stderr)
+        return 1
+    print(format_markdown(rows) + "\n\n" + failure_lines(rows))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return _tabulate(args.from_json)
     if haproxy_path() is None:
         print("fleet: haproxy is not installed: apt-get install haproxy", file=sys.stderr)
         return 1
