@@ -146,13 +146,14 @@ def main(argv: list[str]) -> int:
         for deploy in args.deploy:
             with tempfile.TemporaryDirectory(prefix="gapless-fleet-") as directory:
                 rows.append(summarize(run_fleet(_config(args, deploy), directory)))
-            print(format_table(rows[-1:]), flush=True)
+            if len(args.deploy) > 1:  # a run's figures as soon as it ends
+                print(format_table(rows[-1:]) + "\n", flush=True)
     except GaplessError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 1
     finally:
         if rows:
-            print("\n" + format_table(rows))
+            print(format_table(rows))
             if args.json:
                 write_json(rows, args.json, [os.path.basename(sys.argv[0]), *argv])
     return 0

@@ -131,7 +131,8 @@ def run_fleet(config: FleetConfig, directory: str) -> FleetResult:
 
 def _build(config: FleetConfig, directory: str) -> tuple[list[Host], Haproxy]:
     addresses = list(ADDRESSES[: config.hosts])
-    web, health = free_port(addresses), free_port(addresses)
+    web = free_port(addresses)
+    health = free_port(addresses, avoid=[web])
     specs = [
         HostSpec(
             f"host{number}",

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,9 @@ class HostSpec:
     drain_timeout: float = 10.0
 
 
-def free_port(hosts: list[str]) -> int:
-    """A TCP port free on every address in ``hosts`` (the first picks it).
+def free_port(hosts: list[str], avoid: Collection[int] = ()) -> int:
+    """A TCP port free on every address in ``hosts`` (the first picks it), not
+    one of ``avoid`` (ports picked already but not bound yet).
 
     Raises:
         BenchError: no port was free on all of them in 20 tries.
@@ -63,6 +65,8 @@ def free_port(hosts: list[str]) -> int:
             first = stack.enter_context(socket.socket())
             first.bind((hosts[0], 0))
             port = int(first.getsockname()[1])
+            if port in avoid:
+                continue
             try:
                 for host in hosts[1:]:
                     stack.enter_context(socket.socket()).bind((host, port))
@@ -175,6 +179,7 @@ class Host:
             raise BenchError(f"{self.spec.name}: reload failed: {answer.get('error')}")
         ready = time.monotonic()
         exited = wait_exited([old], timeout, f"{self.spec.name}'s old generation")
+        self._forget_tree()
         self._tree = ProcessTree(self.manager.pid) if self.manager else None
         return ready, exited
 
@@ -230,6 +235,14 @@ class Host:
         if self._tree is not None:
             self._tree.kill()
         self._release()
+
+    def _forget_tree(self) -> None:
+        """Close the pidfds on the processes as they were (without signalling any:
+        the manager is among them)."""
+        if self._tree is not None:
+            for fd in self._tree.fds:
+                os.close(fd)
+            self._tree = None
 
     def _release(self) -> None:
         if self._tree is not None:
