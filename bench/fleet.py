@@ -103,8 +103,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for flag, keywords in OPTIONS:
         parser.add_argument(flag, **keywords)
     args = parser.parse_args(argv)
-    if args.deploys < 1:
-        parser.error(f"--deploys {args.deploys}: give 1 or more")
+    if args.deploys < 1 or args.connections < 1 or args.wrk_connections < 0:
+        parser.error("--deploys and --connections take 1 or more, --wrk-connections 0 or more")
+    if args.drain_mode == "runtime-api" and args.deploy == ["reload"]:
+        parser.error("--drain-mode runtime-api drives a replacement: add --deploy replace")
     return args
 
 

@@ -66,14 +66,22 @@ def test_a_replacement_with_shutdown_delay_loses_nothing(tmp_path: Path) -> None
     assert _left_running(tmp_path) == []
 
 
-def test_the_script_refuses_a_bad_mode_in_one_line() -> None:
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--deploy", "replace,rolling"], "unknown deploy mode 'rolling'"),
+        (["--deploy", "reload", "--drain-mode", "runtime-api"], "add --deploy replace"),
+        (["--connections", "0"], "--connections take 1 or more"),
+    ],
+)
+def test_the_script_refuses_bad_options_in_one_line(options: list[str], message: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
-        [sys.executable, str(BENCH / "fleet.py"), "--deploy", "replace,rolling"],
+        [sys.executable, str(BENCH / "fleet.py"), *options],
         capture_output=True,
         text=True,
         env=env,
         timeout=30,
     )
     assert done.returncode == 2
-    assert "unknown deploy mode 'rolling'" in done.stderr
+    assert message in done.stderr.splitlines()[-1]
