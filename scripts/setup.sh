@@ -3,7 +3,7 @@
 # missing), then a virtualenv in .venv with gapless and its extras.
 #
 #   bash scripts/setup.sh demo    # the demo: wrk, and gapless with its plot extra
-#   bash scripts/setup.sh         # the tests: wrk, systemd and the supervisors, the
+#   bash scripts/setup.sh         # the tests: wrk, systemd, the supervisors, haproxy, the
 #                                 # extras the suite exercises and the dev group (PEP 735)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 profile=${1:-test}
 case $profile in
     demo) debian_packages=(wrk); install=(-e '.[plot]') ;;
-    test) debian_packages=(systemd wrk daemontools runit s6); install=(-e '.[serve,granian,bench,plot]' --group dev) ;;
+    test) debian_packages=(systemd wrk daemontools runit s6 haproxy); install=(-e '.[serve,granian,bench,plot]' --group dev) ;;
     *) echo "setup: unknown profile '$profile': give demo or test" >&2; exit 2 ;;
 esac
 
