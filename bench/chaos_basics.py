@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gapless.bench.processes import still_running
 from gapless.proc.procfs import all_stats
 
 TIMEOUT = 15.0
@@ -47,6 +48,10 @@ class FaultRecord:
     kills: list[float] = field(default_factory=list)
     # From an intended stop until the next manager was ready: nothing meant to serve.
     outages: list[tuple[float, float]] = field(default_factory=list)
+    # An intended stop whose outage no manager's readiness has ended yet: if the
+    # restart fails, the recovery's new manager ends it (the requests in between
+    # still met no manager meant to serve, and the failed restart is a problem).
+    down_since: float | None = None
     manager_before: int = 0
     manager_after: int = 0
     image_changed: bool = False  # an upgrade in place or a new manager: fds/RSS start anew
@@ -140,11 +145,15 @@ def our_processes(groups: set[int]) -> list[int]:
 
 
 def kill_groups(pids: list[int]) -> None:
+    """SIGKILL each pid and its group, and return once they have exited: a killed
+    process still holds the listening port until its exit, and the next manager's
+    bind would fail on it (the more likely, the busier the machine)."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    still_running(pids, TIMEOUT)  # one that outlives SIGKILL shows as left behind next
 
 
 def port_holders(port: int) -> set[int]:

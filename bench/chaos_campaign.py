@@ -176,7 +176,10 @@ class Campaign:
         left = target.left_behind()
         record.left_behind += [f"pid {pid}: {line}" for pid, line in left.items()]
         kill_groups(list(left))
-        target.start()
+        ready = target.start()
+        if record.down_since is not None:
+            record.outages.append((record.down_since, ready))
+            record.down_since = None
         record.image_changed = True
         self.chaos.kills.clear()
 

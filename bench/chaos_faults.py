@@ -155,6 +155,7 @@ def term_mid_reload(chaos: Chaos, record: FaultRecord) -> None:
         log(target).wait_count("started", started)
         record.inject_at = time.monotonic()
         record.kills.append(record.inject_at)
+        record.down_since = record.inject_at
         os.kill(target.pid, signal.SIGTERM)
         answer = final_answers([client], target.config.drain_timeout + TIMEOUT)[0]
     if answer is None:
@@ -173,6 +174,7 @@ def kill_manager(chaos: Chaos, record: FaultRecord) -> None:
     pids = target.generation_pids()
     record.inject_at = time.monotonic()
     record.kills.append(record.inject_at)
+    record.down_since = record.inject_at
     target.kill()
     # The watchdog: each generation's group gets its stop signal, drains and exits.
     still = still_running(pids, target.config.drain_timeout + TIMEOUT)
@@ -185,7 +187,9 @@ def restart(chaos: Chaos, record: FaultRecord, survivors: list[int], since: floa
     left = target.left_behind()
     record.left_behind += [f"pid {pid}: {line}" for pid, line in left.items()]
     kill_groups([*survivors, *left])
+    record.down_since = since
     record.outages.append((since, target.start()))
+    record.down_since = None
     record.image_changed = True
     chaos.kills.clear()  # a new manager counts crashes anew
 

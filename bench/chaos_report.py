@@ -243,7 +243,7 @@ def to_json(
     faults = []
     for record in records:
         item = asdict(record)
-        for key in ("begin", "end", "inject_at"):
+        for key in ("begin", "end", "inject_at", "down_since"):
             if item[key] is not None:
                 item[key] = round(item[key] - t0, 3)
         item["kills"] = [round(when - t0, 3) for when in record.kills]

@@ -54,7 +54,19 @@ def problems(campaign: dict[str, Any], kind: str) -> list[str]:
     for fault in campaign["faults"]:
         if fault["kind"] == kind:
             found += fault["problems"] + ([fault["manager_died"]] if fault["manager_died"] else [])
+            found += [f"left behind: {line}" for line in fault["left_behind"]]
     return found
+
+
+def windows(campaign: dict[str, Any], kind: str) -> list[str]:
+    """Each fault of ``kind`` with its times (s from the start), to read the examples
+    of a failure against: which window a request was sent in, which kill it met."""
+    keys = ("index", "begin", "inject_at", "end", "kills", "outages")
+    return [
+        str({key: fault[key] for key in keys})
+        for fault in campaign["faults"]
+        if fault["kind"] == kind
+    ]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -65,7 +77,10 @@ def test_each_fault_kind_leaves_the_service_and_the_manager_whole(
         pytest.skip(f"{kind} was left out: it needs root, a tmpfs or runit")
     tally = campaign["kinds"][kind]
     assert tally["injected"] >= 1
-    assert tally["failed"] == 0, f"failed while serving: {tally['examples']}"
+    assert tally["failed"] == 0, (
+        f"failed while serving (fault, sent at s, outcome, latency s): {tally['examples']};"
+        f" its faults: {windows(campaign, kind)}; problems: {problems(campaign, kind)}"
+    )
     assert tally["alive_after"] == tally["injected"], problems(campaign, kind)
     assert tally["problems"] == 0, problems(campaign, kind)
     assert tally["fd_delta"] <= 0
