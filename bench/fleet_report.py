@@ -89,6 +89,14 @@ def _classes(row: dict[str, Any]) -> str:
     return ", ".join(parts) or "none"
 
 
+def _requests(row: dict[str, Any]) -> int:
+    """The prober's requests and wrk's, its socket errors included."""
+    wrk = row["wrk"]
+    return int(row["prober"]["requests"]) + (
+        int(wrk["requests"] + wrk["socket_errors"]) if wrk else 0
+    )
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """One line per run; the failure classes and HAProxy's counters below."""
     lines = [
@@ -96,10 +104,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         "  deploy s (max)  load avg",
     ]
     for row in rows:
-        wrk = row["wrk"]
-        requests = row["prober"]["requests"] + (
-            wrk["requests"] + wrk["socket_errors"] if wrk else 0
-        )
+        requests = _requests(row)
         seconds = row["deploy_seconds"]
         lines.append(
             f"{row['label']:<29} {row['config']['deploys']:7} {requests:9} {row['failed']:7}"
@@ -131,10 +136,7 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        wrk = row["wrk"]
-        requests = row["prober"]["requests"] + (
-            wrk["requests"] + wrk["socket_errors"] if wrk else 0
-        )
+        requests = _requests(row)
         seconds = row["deploy_seconds"]
         lines.append(
             f"| {row['label']} | {row['config']['deploys']} | {row['seconds']:.0f} | {requests:,}"
