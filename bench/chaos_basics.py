@@ -92,11 +92,22 @@ def ask(path: str, cmd: str, timeout: float, **fields: Any) -> dict[str, Any]:
             for line in sock.makefile("rb"):
                 answer: dict[str, Any] = json.loads(line)
                 if "progress" not in answer:
+                    _wait_closed(sock)
                     return answer
         problem = "closed the connection"
     except (OSError, ValueError) as exc:
         problem = str(exc)
     raise ManagerGone(f"{cmd}: {problem}")
+
+
+def _wait_closed(sock: socket.socket) -> None:
+    """Hang up and read until the manager has closed its end: its fd count sampled
+    next (fds flat per fault) must not still hold this connection, which on a busy
+    machine it may for a while after the answer."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
 
 
 def connect_unix(path: str, timeout: float, rcvbuf: int | None = None) -> socket.socket:
