@@ -66,6 +66,13 @@ class FaultRecord:
     wrk: dict[str, Any] | None = None
     left_behind: list[str] = field(default_factory=list)
 
+    def back_up(self, ready: float) -> None:
+        """A manager was ready at ``ready``: the outage of an intended stop, if one is
+        open, ends there."""
+        if self.down_since is not None:
+            self.outages.append((self.down_since, ready))
+            self.down_since = None
+
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -176,10 +176,7 @@ class Campaign:
         left = target.left_behind()
         record.left_behind += [f"pid {pid}: {line}" for pid, line in left.items()]
         kill_groups(list(left))
-        ready = target.start()
-        if record.down_since is not None:
-            record.outages.append((record.down_since, ready))
-            record.down_since = None
+        record.back_up(target.start())
         record.image_changed = True
         self.chaos.kills.clear()
 

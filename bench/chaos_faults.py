@@ -166,7 +166,7 @@ def term_mid_reload(chaos: Chaos, record: FaultRecord) -> None:
         raise FaultProblem("the manager did not stop on TERM; killed")
     if code != 0:
         record.problems.append(f"the manager exited with code {code} on TERM:\n{target.tail()}")
-    restart(chaos, record, [], record.inject_at)
+    restart(chaos, record, [])
 
 
 def kill_manager(chaos: Chaos, record: FaultRecord) -> None:
@@ -178,18 +178,16 @@ def kill_manager(chaos: Chaos, record: FaultRecord) -> None:
     target.kill()
     # The watchdog: each generation's group gets its stop signal, drains and exits.
     still = still_running(pids, target.config.drain_timeout + TIMEOUT)
-    restart(chaos, record, still, record.inject_at)
+    restart(chaos, record, still)
 
 
-def restart(chaos: Chaos, record: FaultRecord, survivors: list[int], since: float) -> None:
-    """Start the next manager once the last one ended (stopped ``since``): an outage."""
+def restart(chaos: Chaos, record: FaultRecord, survivors: list[int]) -> None:
+    """Start the next manager once the last one ended (at ``record.down_since``)."""
     target = chaos.target
     left = target.left_behind()
     record.left_behind += [f"pid {pid}: {line}" for pid, line in left.items()]
     kill_groups([*survivors, *left])
-    record.down_since = since
-    record.outages.append((since, target.start()))
-    record.down_since = None
+    record.back_up(target.start())
     record.image_changed = True
     chaos.kills.clear()  # a new manager counts crashes anew
 
